@@ -1,0 +1,25 @@
+# glimpse: the same steps as `make run`, in an image. Build: docker build -t glimpse .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# TorchServe (optional second engine) needs Java 17; make is how the image builds and runs glimpse.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 1000 glimpse
+WORKDIR /app
+COPY --chown=glimpse:glimpse . /app
+USER glimpse
+
+# The Makefile creates .venv, installs torch==2.13.0 (CPU) first, then the project.
+# The models are built at image build time, so a container starts serving at once.
+# Outside this project's build machines the CPU-only wheel comes from PyTorch's own index.
+ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+RUN make .venv/.installed models TORCH_PIP_ARGS="$TORCH_PIP_ARGS"
+
+ENV GLIMPSE_HOST=0.0.0.0
+EXPOSE 8000 50051
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+  CMD .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ping', timeout=4)"
+CMD ["make", "run"]

@@ -1,0 +1,79 @@
+"""`python -m service`: serve every archive in the model store over HTTP (and gRPC).
+
+Settings come from defaults, then GLIMPSE_* environment variables, then flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from service.config import ConfigError, Settings
+from service.http import create_app
+from service.pipeline import Pipeline
+from service.runtime import Runtime
+
+log = logging.getLogger("glimpse")
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
+    parser.add_argument("--model-store", type=Path, help="directory of .mar files")
+    parser.add_argument("--models", help="comma-separated model names (default: all)")
+    parser.add_argument("--max-body-bytes", type=int, help="largest accepted request body")
+    parser.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    args = parser.parse_args(argv)
+    models = tuple(args.models.split(",")) if args.models else None
+    try:
+        return Settings.from_env(
+            os.environ, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+            model_store=args.model_store, models=models, max_body_bytes=args.max_body_bytes,
+            grpc=False if args.no_grpc else None)  # fmt: skip
+    except ConfigError as exc:
+        parser.error(str(exc))
+        raise
+
+
+async def serve(settings: Settings) -> None:
+    runtime = Runtime.load(settings.archives(), max_queue=settings.max_queue,
+                           max_image_pixels=settings.max_image_pixels)  # fmt: skip
+    for model in runtime.models.values():
+        log.info("loaded %s (%s) in %.2f s", model.name, model.handler.kind, model.load_seconds)
+    pipeline = Pipeline(runtime)
+    app = create_app(settings, pipeline)
+    config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="info")
+    server = uvicorn.Server(config)
+    grpc_server = None
+    if settings.grpc:
+        from service.grpc_server import start_grpc
+
+        grpc_server = await start_grpc(settings, pipeline)
+        log.info("gRPC on %s:%d", settings.host, settings.grpc_port)
+    try:
+        await server.serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2)
+        runtime.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = parse_settings(argv)
+    try:
+        settings.archives()
+    except ConfigError as exc:
+        raise SystemExit(f"glimpse: {exc}") from None
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

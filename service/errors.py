@@ -1,0 +1,50 @@
+"""One exception hierarchy for everything a client can get wrong.
+
+Each error carries its HTTP status and gRPC status name; the HTTP and gRPC
+doors map them once each. Anything else that escapes is a bug (500 / INTERNAL).
+"""
+
+from __future__ import annotations
+
+
+class GlimpseError(Exception):
+    """Base of client-facing errors: `code` is a stable machine-readable string."""
+
+    status = 500
+    grpc_status = "INTERNAL"
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def as_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class BadInput(GlimpseError):
+    status, grpc_status, code = 400, "INVALID_ARGUMENT", "bad_input"
+
+
+class ModelNotFound(GlimpseError):
+    status, grpc_status, code = 404, "NOT_FOUND", "model_not_found"
+
+
+class PayloadTooLarge(GlimpseError):
+    status, grpc_status, code = 413, "RESOURCE_EXHAUSTED", "payload_too_large"
+
+
+class UnsupportedMediaType(GlimpseError):
+    status, grpc_status, code = 415, "INVALID_ARGUMENT", "unsupported_media_type"
+
+
+class SchemaError(GlimpseError):
+    status, grpc_status, code = 422, "INVALID_ARGUMENT", "schema_error"
+
+
+class Overloaded(GlimpseError):
+    status, grpc_status, code = 503, "UNAVAILABLE", "overloaded"
+
+
+class DeadlineExceeded(GlimpseError):
+    status, grpc_status, code = 504, "DEADLINE_EXCEEDED", "deadline_exceeded"

@@ -1,0 +1,25 @@
+"""Activation map: the channel mean of the last conv block's activations.
+
+Captured by a forward hook during the prediction's own forward pass, so it
+costs no extra pass: it shows where the network's last features fire, whatever
+the class.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from service.explain.base import Explainer, ImageBatch, register
+
+
+@register
+class Activation(Explainer):
+    name = "activation"
+    signed = False
+    reduction = "mean over the last conv block's channels"
+    needs_activations = True
+    summary = "Channel-averaged activations of the last conv block (no extra pass)."
+
+    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+        assert batch.activations is not None, "the forward pass captured no activations"
+        return batch.activations.mean(dim=1)

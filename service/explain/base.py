@@ -1,0 +1,149 @@
+"""The base every explanation method subclasses, and the registry they join.
+
+A method is one small class: a name, whether its maps are signed, how it
+reduces channels, its parameters with defaults and bounds, and one `attribute`
+method. The base owns the shared steps: parameter validation, target choice
+and the conversion to an [N, h, w] float array. A method's name is written
+once, in its class; HTTP, gRPC and the model metadata read the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.errors import SchemaError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable parameter: its type, default and inclusive bounds."""
+
+    type: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+
+    def parse(self, method: str, name: str, raw: Any) -> Any:
+        try:
+            value = self.type(raw)
+        except (TypeError, ValueError):
+            raise SchemaError(
+                f"{method}.{name} must be a {self.type.__name__}, got {raw!r}"
+            ) from None
+        if (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        ):
+            raise SchemaError(
+                f"{method}.{name} must be between {self.low} and {self.high}, got {value}"
+            )
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.type.__name__, "default": self.default, "min": self.low,
+                "max": self.high, "help": self.help}  # fmt: skip
+
+
+@dataclass
+class ImageBatch:
+    """What an image method sees: inputs [N, 3, H, W], targets [N], and the
+    activations [N, C, h, w] of `layer` captured during the prediction's own forward."""
+
+    model: nn.Module
+    layer: nn.Module
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    activations: torch.Tensor | None = None
+
+
+@dataclass
+class TabularBatch:
+    """What a tabular method sees: `head(embedded [N, E], continuous [N, C]) -> [N]` (the
+    model's output, in log space), each row's embedding outputs and continuous inputs, and
+    the baseline row ([1, E] and [1, C]: the training mean) that attributions start from."""
+
+    head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    embedded: torch.Tensor
+    continuous: torch.Tensor
+    baseline_embedded: torch.Tensor
+    baseline_continuous: torch.Tensor
+
+
+class Explainer:
+    """Base of all methods. Subclasses set the class attributes and implement `attribute`.
+
+    Example: ``REGISTRY["gradcam"](steps=...)`` validates its parameters on entry.
+    """
+
+    name: ClassVar[str]
+    signed: ClassVar[bool] = True
+    reduction: ClassVar[str] = "sum over colour channels"
+    kinds: ClassVar[frozenset[str]] = frozenset({"image"})
+    needs_activations: ClassVar[bool] = False
+    params: ClassVar[dict[str, Param]] = {}
+    summary: ClassVar[str] = ""
+
+    def __init__(self, **raw: Any) -> None:
+        unknown = sorted(set(raw) - set(self.params))
+        if unknown:
+            raise SchemaError(
+                f"{self.name} has no parameter {unknown[0]!r}; it takes {sorted(self.params)}"
+            )
+        self.options = {
+            key: param.parse(self.name, key, raw[key]) if key in raw else param.default
+            for key, param in self.params.items()
+        }
+
+    def explain(self, batch: ImageBatch) -> np.ndarray:
+        """[N, h, w] float32 map for each input's target."""
+        maps = self.attribute(batch)
+        return maps.detach().to(torch.float32).cpu().numpy()
+
+    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attribute_tabular(self, batch: TabularBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attributions to the embedding outputs [N, E] and continuous inputs [N, C]."""
+        raise NotImplementedError(f"{self.name} has no tabular attribution")
+
+    def extras(self, index: int) -> dict[str, Any]:
+        """Per-input figures beside the map (e.g. IG's convergence delta) for the last call."""
+        return {}
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "name": cls.name,
+            "signed": cls.signed,
+            "reduction": cls.reduction,
+            "summary": cls.summary,
+            "params": {key: p.describe() for key, p in cls.params.items()},
+        }
+
+
+REGISTRY: dict[str, type[Explainer]] = {}
+
+
+def register(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator: add a method to the registry under its `name`."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def methods_for(kind: str) -> list[str]:
+    return [name for name, cls in REGISTRY.items() if kind in cls.kinds]
+
+
+def build(kind: str, name: str, raw: dict[str, Any]) -> Explainer:
+    """The method `name` for a model of `kind`, with validated parameters; SchemaError otherwise."""
+    available = methods_for(kind)
+    if name not in available:
+        raise SchemaError(f"unknown explanation method {name!r} for a {kind} model; "
+                          f"choose from {available}")  # fmt: skip
+    return REGISTRY[name](**raw)

@@ -1,0 +1,59 @@
+"""Decode client image bytes into an RGB PIL image, safely.
+
+Any image Pillow can open is accepted, whatever its mode (RGBA, palette,
+greyscale, CMYK, 16-bit) and EXIF orientation. The pixel count is checked from
+the header before any pixel is decoded, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import BadInput, PayloadTooLarge
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Bytes -> RGB image in its upright orientation; BadInput or PayloadTooLarge otherwise."""
+    if not data:
+        raise BadInput("the image is empty: send the image file's bytes as the body")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"the image is {width}x{height} = {width * height} pixels, over the limit "
+                    f"of {max_pixels}; send a smaller image"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"the image has too many pixels ({exc})") from None
+    except UnidentifiedImageError as exc:
+        raise BadInput(f"the body is not an image Pillow can read ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadInput(f"the image is truncated or corrupt ({exc})") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode -> RGB; alpha is composited on white, 16/32-bit greys are rescaled to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        low, high = float(grey.min()), float(grey.max())
+        scaled = (grey - low) / (high - low) * 255 if high > low else np.zeros_like(grey)
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

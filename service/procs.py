@@ -1,0 +1,394 @@
+"""fastai-style tabular preprocessing, fitted on the training split and replayed at serve time.
+
+A table is a dict of column name -> [N] numpy array: categorical columns hold canonical
+string keys (or None), continuous ones float64 (NaN for missing), date ones datetime64[D].
+The procs, applied in this order, each `fit` on training data, `apply` to any table, and
+round-trip through JSON (`to_json` / `from_json`), so the archive carries their state:
+
+- AddDatepart: a date column -> Year, Month, Week, Day, Dayofweek, Is_month/quarter/year
+  _start/_end (categorical) and Dayofyear, Elapsed (continuous); the date column is dropped.
+- FillMissing: NaN -> the training median, plus a categorical `<col>_na` flag for columns
+  that had missing values in training.
+- Categorify: values -> codes into the training categories; index 0 is `#na#`, which
+  takes missing and unseen values.
+- Normalize: continuous columns -> (x - mean) / std with the training mean and std.
+
+`TabularProcs` chains them and turns a table into model inputs: codes [N, n_cat] int64
+and continuous [N, n_cont] float32. `read_rows` turns JSON-like rows into a table,
+raising SchemaError naming the column for a wrong type or a missing required column.
+
+Example: ``procs = TabularProcs(cat=["Store"], cont=["Distance"], date=["Date"]).fit(train)``
+then ``codes, cont = procs.apply(read_rows(rows, procs.schema()))``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import SchemaError
+
+Table = dict[str, np.ndarray]
+NA = "#na#"
+DATE_CATEGORICAL = ["Year", "Month", "Week", "Day", "Dayofweek", "Is_month_end",
+                    "Is_month_start", "Is_quarter_end", "Is_quarter_start", "Is_year_end",
+                    "Is_year_start"]  # fmt: skip
+DATE_CONTINUOUS = ["Dayofyear", "Elapsed"]
+DATE_PARTS = DATE_CATEGORICAL + DATE_CONTINUOUS
+
+
+# -- canonical values ---------------------------------------------------------------------------
+def category_key(value: Any) -> str | None:
+    """The one string a category value is known by: 1, 1.0, "1" and True are all "1"."""
+    if value is None or isinstance(value, bool | np.bool_):
+        return None if value is None else str(int(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return text or None
+        return category_key(number)
+    raise TypeError(f"{value!r} is not a category")
+
+
+def _natural(key: str) -> tuple[int, float, str]:
+    """Sort numbers numerically before words alphabetically."""
+    try:
+        return (0, float(key), key)
+    except ValueError:
+        return (1, 0.0, key)
+
+
+# -- the procs -----------------------------------------------------------------------------------
+@dataclass
+class AddDatepart:
+    """Replace the date column `column` by its `parts` (named `<column>_<part>`)."""
+
+    column: str
+    parts: list[str]
+
+    def fit(self, table: Table) -> AddDatepart:
+        return self
+
+    def apply(self, table: Table) -> Table:
+        out = {key: value for key, value in table.items() if key != self.column}
+        parts = date_parts(table[self.column])
+        out.update({f"{self.column}_{part}": parts[part] for part in self.parts})
+        return out
+
+    @property
+    def cat_names(self) -> list[str]:
+        return [f"{self.column}_{p}" for p in self.parts if p in DATE_CATEGORICAL]
+
+    @property
+    def cont_names(self) -> list[str]:
+        return [f"{self.column}_{p}" for p in self.parts if p in DATE_CONTINUOUS]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proc": "AddDatepart", "column": self.column, "parts": self.parts}
+
+
+def date_parts(days: np.ndarray) -> dict[str, np.ndarray]:
+    """datetime64 [N] -> every part in DATE_PARTS, each [N] (categorical ones as int)."""
+    days = days.astype("datetime64[D]")
+    month_start = days.astype("datetime64[M]")
+    month = month_start.astype(int) % 12 + 1
+    day = (days - month_start).astype(int) + 1
+    month_end = (days + 1).astype("datetime64[M]") != month_start
+    unique, inverse = np.unique(days, return_inverse=True)
+    weeks = np.array([d.isocalendar()[1] for d in unique.astype(dt.date)], dtype=int)
+    return {
+        "Year": days.astype("datetime64[Y]").astype(int) + 1970,
+        "Month": month,
+        "Week": weeks[inverse.reshape(-1)] if len(days) else np.zeros(0, dtype=int),
+        "Day": day,
+        "Dayofweek": (days.astype(int) + 3) % 7,  # 0 = Monday, as pandas
+        "Is_month_end": month_end.astype(int),
+        "Is_month_start": (day == 1).astype(int),
+        "Is_quarter_end": (month_end & (month % 3 == 0)).astype(int),
+        "Is_quarter_start": ((day == 1) & (month % 3 == 1)).astype(int),
+        "Is_year_end": ((month == 12) & (day == 31)).astype(int),
+        "Is_year_start": ((month == 1) & (day == 1)).astype(int),
+        "Dayofyear": ((days - days.astype("datetime64[Y]")).astype(int) + 1).astype(float),
+        "Elapsed": days.astype("datetime64[s]").astype(np.int64).astype(float),
+    }
+
+
+@dataclass
+class FillMissing:
+    """NaN -> training median; a `<col>_na` flag for columns with NaN in training."""
+
+    columns: list[str]
+    medians: dict[str, float] | None = None
+    flagged: list[str] | None = None
+
+    def fit(self, table: Table) -> FillMissing:
+        self.medians = {c: _median(table[c]) for c in self.columns}
+        self.flagged = [c for c in self.columns if np.isnan(table[c]).any()]
+        return self
+
+    def apply(self, table: Table) -> Table:
+        assert self.medians is not None and self.flagged is not None, "fit FillMissing first"
+        out = dict(table)
+        for column in self.columns:
+            missing = np.isnan(table[column])
+            out[column] = np.where(missing, self.medians[column], table[column])
+            if column in self.flagged:
+                out[f"{column}_na"] = missing.astype(int)
+        return out
+
+    @property
+    def cat_names(self) -> list[str]:
+        return [f"{c}_na" for c in self.flagged or []]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proc": "FillMissing", "columns": self.columns, "medians": self.medians,
+                "flagged": self.flagged}  # fmt: skip
+
+
+def _median(values: np.ndarray) -> float:
+    present = values[~np.isnan(values)]
+    return float(np.median(present)) if len(present) else 0.0
+
+
+@dataclass
+class Categorify:
+    """Values -> int codes; `categories[c][0]` is `#na#` (missing or unseen)."""
+
+    columns: list[str]
+    categories: dict[str, list[str]] | None = None
+
+    def fit(self, table: Table) -> Categorify:
+        self.categories = {}
+        for column in self.columns:
+            seen = {key for key in _keys(table[column]) if key is not None}
+            self.categories[column] = [NA, *sorted(seen, key=_natural)]
+        return self
+
+    def apply(self, table: Table) -> Table:
+        assert self.categories is not None, "fit Categorify first"
+        out = dict(table)
+        for column in self.columns:
+            index = {key: code for code, key in enumerate(self.categories[column])}
+            out[column] = np.array([index.get(k, 0) for k in _keys(table[column])], dtype=np.int64)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proc": "Categorify", "columns": self.columns, "categories": self.categories}
+
+
+def _keys(values: np.ndarray) -> list[str | None]:
+    """Canonical keys of a column, computed once per distinct value."""
+    if values.dtype == object:
+        return [category_key(v) for v in values]
+    unique, inverse = np.unique(values, return_inverse=True)
+    keys = [category_key(v.item()) for v in unique]
+    return [keys[i] for i in inverse.reshape(-1)]
+
+
+@dataclass
+class Normalize:
+    """Continuous columns -> (x - mean) / std, with the training mean and std."""
+
+    columns: list[str]
+    means: dict[str, float] | None = None
+    stds: dict[str, float] | None = None
+
+    def fit(self, table: Table) -> Normalize:
+        self.means = {c: float(np.mean(table[c])) for c in self.columns}
+        self.stds = {c: float(np.std(table[c])) or 1.0 for c in self.columns}
+        return self
+
+    def apply(self, table: Table) -> Table:
+        assert self.means is not None and self.stds is not None, "fit Normalize first"
+        out = dict(table)
+        for c in self.columns:
+            out[c] = (table[c] - self.means[c]) / self.stds[c]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proc": "Normalize", "columns": self.columns, "means": self.means,
+                "stds": self.stds}  # fmt: skip
+
+
+Proc = AddDatepart | FillMissing | Categorify | Normalize
+PROCS: dict[str, type[Proc]] = {p.__name__: p for p in (AddDatepart, FillMissing, Categorify,
+                                                        Normalize)}  # fmt: skip
+
+
+def proc_from_json(state: Mapping[str, Any]) -> Proc:
+    fields = {key: value for key, value in state.items() if key != "proc"}
+    return PROCS[state["proc"]](**fields)
+
+
+# -- the column schema and reading rows ----------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One raw input column: type is "categorical", "continuous" or "date"."""
+
+    name: str
+    type: str
+    required: bool = True
+
+
+def read_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> Table:
+    """JSON-like rows -> a table of `columns`; SchemaError names the offending column.
+
+    A required column must be present in every row; an optional (continuous) one may be
+    absent or null and is then NaN. Extra keys are ignored. Empty strings count as missing.
+    """
+    table: Table = {}
+    for column in columns:
+        values = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise SchemaError(f"row {i} must be a JSON object of column values, got {row!r}")
+            if column.required and column.name not in row:
+                raise SchemaError(f"row {i} is missing the required column {column.name!r}")
+            values.append(_read_value(column, row.get(column.name), i))
+        table[column.name] = _as_array(column, values)
+    return table
+
+
+def _read_value(column: Column, value: Any, row: int) -> Any:
+    where = f"column {column.name!r} (row {row})"
+    if column.type == "continuous":
+        if value is None or value == "":
+            return math.nan
+        if isinstance(value, bool | int | float | np.number):
+            return float(value)
+        try:
+            return float(value)  # numeric strings, as a CSV holds them
+        except (TypeError, ValueError):
+            raise SchemaError(f"{where} must be a number, got {value!r}") from None
+    if column.type == "categorical":
+        try:
+            return category_key(value)
+        except TypeError:
+            raise SchemaError(f"{where} must be a string or a number, got {value!r}") from None
+    try:
+        return np.datetime64(dt.datetime.fromisoformat(str(value).strip()).date(), "D")
+    except ValueError:
+        raise SchemaError(f"{where} must be an ISO date like 2015-07-31, got {value!r}") from None
+
+
+def _as_array(column: Column, values: list[Any]) -> np.ndarray:
+    if column.type == "continuous":
+        return np.array(values, dtype=np.float64)
+    if column.type == "date":
+        return np.array(values, dtype="datetime64[D]")
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+# -- the chain -----------------------------------------------------------------------------------
+class TabularProcs:
+    """AddDatepart per date column, then FillMissing, Categorify and Normalize.
+
+    `cat_names` / `cont_names` are the model's input columns after processing;
+    `sources` maps each of them back to the raw column it came from.
+    """
+
+    def __init__(self, cat: Sequence[str], cont: Sequence[str], date: Sequence[str] = (),
+                 date_parts: Mapping[str, Sequence[str]] | None = None) -> None:  # fmt: skip
+        self.cat, self.cont, self.date = list(cat), list(cont), list(date)
+        chosen = date_parts or {}
+        self.dateparts = [AddDatepart(d, list(chosen.get(d, DATE_PARTS))) for d in self.date]
+        self.procs: list[Proc] = []
+
+    def fit(self, table: Table) -> TabularProcs:
+        """Fit every proc, in order, on the training table."""
+        table = self._dates(table)
+        fill = FillMissing(self.cont).fit(table)
+        table = fill.apply(table)
+        categorify = Categorify(self.cat + self._date_cats() + fill.cat_names).fit(table)
+        normalize = Normalize(self.cont + self._date_conts()).fit(table)
+        self.procs = [fill, categorify, normalize]
+        return self
+
+    def apply(self, table: Table) -> tuple[np.ndarray, np.ndarray]:
+        """A raw table -> (codes [N, n_cat] int64, continuous [N, n_cont] float32)."""
+        if not self.procs:
+            raise RuntimeError("fit the procs on the training table first")
+        table = self._dates(table)
+        for proc in self.procs:
+            table = proc.apply(table)
+        n = len(next(iter(table.values()))) if table else 0
+        codes = np.stack([table[c] for c in self.cat_names], axis=1) if self.cat_names else (
+            np.zeros((n, 0), dtype=np.int64))  # fmt: skip
+        cont = np.stack([table[c] for c in self.cont_names], axis=1) if self.cont_names else (
+            np.zeros((n, 0)))  # fmt: skip
+        return codes.astype(np.int64), cont.astype(np.float32)
+
+    def _dates(self, table: Table) -> Table:
+        for proc in self.dateparts:
+            table = proc.apply(table)
+        return table
+
+    def _date_cats(self) -> list[str]:
+        return [name for proc in self.dateparts for name in proc.cat_names]
+
+    def _date_conts(self) -> list[str]:
+        return [name for proc in self.dateparts for name in proc.cont_names]
+
+    @property
+    def categorify(self) -> Categorify:
+        return next(p for p in self.procs if isinstance(p, Categorify))
+
+    @property
+    def fill(self) -> FillMissing:
+        return next(p for p in self.procs if isinstance(p, FillMissing))
+
+    @property
+    def cat_names(self) -> list[str]:
+        return self.categorify.columns
+
+    @property
+    def cont_names(self) -> list[str]:
+        return self.cont + self._date_conts()
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Categories per categorical input, `#na#` included."""
+        assert self.categorify.categories is not None
+        return [len(self.categorify.categories[c]) for c in self.cat_names]
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Processed column -> raw column: date parts to their date, `<col>_na` to `<col>`."""
+        origin = {name: proc.column for proc in self.dateparts
+                  for name in proc.cat_names + proc.cont_names}  # fmt: skip
+        origin.update({f"{c}_na": c for c in self.fill.flagged or []})
+        return {name: origin.get(name, name) for name in self.cat_names + self.cont_names}
+
+    def schema(self) -> list[Column]:
+        """The raw input columns: categorical and date ones required, continuous optional."""
+        return ([Column(c, "categorical") for c in self.cat]
+                + [Column(c, "continuous", required=False) for c in self.cont]
+                + [Column(d, "date") for d in self.date])  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cat": self.cat, "cont": self.cont, "date": self.date,
+            "date_parts": {proc.column: proc.parts for proc in self.dateparts},
+            "procs": [proc.to_json() for proc in self.procs],
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, state: Mapping[str, Any]) -> TabularProcs:
+        procs = cls(state["cat"], state["cont"], state["date"], state["date_parts"])
+        procs.procs = [proc_from_json(p) for p in state["procs"]]
+        return procs

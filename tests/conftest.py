@@ -1,0 +1,75 @@
+"""Shared fixtures: small real archives built once per session, and the app serving them."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.config import Settings
+from service.http import create_app
+from service.pipeline import Pipeline
+from service.runtime import Runtime
+from training.image import ImageConfig, train_cnn
+from training.shapes import make_shapes
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with a quickly trained cnn.mar (accuracy is not the point here)."""
+    store = tmp_path_factory.mktemp("model_store")
+    train_cnn(ImageConfig(out=store, epochs=1, n_train=256, n_test=64, batch_size=64))
+    return store
+
+
+@pytest.fixture(scope="session")
+def cnn_archive(model_store: Path) -> Path:
+    return model_store / "cnn.mar"
+
+
+@pytest.fixture(scope="session")
+def runtime(cnn_archive: Path, settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime.load([cnn_archive], max_image_pixels=settings.max_image_pixels)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture(scope="session")
+def settings(model_store: Path) -> Settings:
+    return Settings(model_store=model_store, max_body_bytes=2_000_000, max_image_pixels=4_000_000)
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings, runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, Pipeline(runtime))) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def shapes_png() -> bytes:
+    """A held-out generated shape, upscaled to an odd size, as PNG bytes."""
+    image = Image.fromarray(make_shapes(1, seed=123).images[0]).resize((97, 71))
+    return png(image)
+
+
+def png(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=options.pop("format", "PNG"), **options)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def random_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

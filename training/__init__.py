@@ -1,0 +1,1 @@
+"""glimpse's training package: data sets, preprocessing, models, fit loop, archiving."""

@@ -1,0 +1,84 @@
+"""Write a TorchServe `.mar` with the real torch-model-archiver.
+
+The archive is the only contract between training and serving. It holds the
+architecture file, the weights as a state_dict, the handler entry point, and
+metadata.json (format version, architecture arguments, everything needed to
+preprocess inputs and name outputs, evaluation figures, data provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+ENTRYPOINTS = Path(__file__).resolve().parent.parent / "service" / "entrypoints"
+HANDLERS = {
+    "image": ENTRYPOINTS / "glimpse_image_handler.py",
+    "tabular": ENTRYPOINTS / "glimpse_tabular_handler.py",
+}
+
+
+def write_archive(
+    *,
+    name: str,
+    kind: str,
+    model: torch.nn.Module,
+    architecture_file: Path,
+    architecture_args: dict[str, Any],
+    metadata: dict[str, Any],
+    out_dir: Path,
+    extra_files: dict[str, str] | None = None,
+    version: str = "1.0",
+) -> Path:
+    """Archive `model` as `out_dir/<name>.mar` and return its path.
+
+    `metadata` is merged under the fixed keys (format_version, kind, architecture);
+    `extra_files` maps file names to text contents that travel in the archive too.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        weights = staging / f"{name}.pt"
+        torch.save(model.state_dict(), weights)
+        full = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "kind": kind,
+            "architecture": {
+                "file": architecture_file.name,
+                "class": type(model).__name__,
+                "args": architecture_args,
+            },
+            **metadata,
+        }
+        files = {"metadata.json": json.dumps(full, indent=2), **(extra_files or {})}
+        for file_name, text in files.items():
+            (staging / file_name).write_text(text)
+        command = [
+            _archiver(),
+            "--model-name", name, "--version", version,
+            "--model-file", str(architecture_file),
+            "--serialized-file", str(weights),
+            "--handler", str(HANDLERS[kind]),
+            "--extra-files", ",".join(str(staging / f) for f in files),
+            "--export-path", str(out_dir), "--force",
+        ]  # fmt: skip
+        subprocess.run(command, check=True)
+    return out_dir / f"{name}.mar"
+
+
+def _archiver() -> str:
+    """The torch-model-archiver installed beside this Python (the venv's), else on PATH."""
+    beside = Path(sys.executable).parent / "torch-model-archiver"
+    found = str(beside) if beside.exists() else shutil.which("torch-model-archiver")
+    if found is None:
+        raise RuntimeError("torch-model-archiver is not installed: pip install torch-model-archiver")
+    return found

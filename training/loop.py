@@ -1,0 +1,45 @@
+"""The fit loop both models share: AdamW with weight decay, a one-cycle schedule, a progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def fit_one_cycle(
+    model: nn.Module,
+    batches: Callable[[int], Iterable[Batch]],
+    steps_per_epoch: int,
+    epochs: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lr: float = 3e-3,
+    weight_decay: float = 1e-2,
+    desc: str = "fit",
+) -> list[float]:
+    """Train `model` in place; `batches(epoch)` yields (inputs, targets). Returns epoch losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
+    losses: list[float] = []
+    with tqdm(total=epochs * steps_per_epoch, desc=desc, unit="batch") as bar:
+        for epoch in range(epochs):
+            model.train()
+            total, count = 0.0, 0
+            for inputs, targets in batches(epoch):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(inputs), targets)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total, count = total + loss.item() * len(targets), count + len(targets)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
+            losses.append(total / max(count, 1))
+    model.eval()
+    return losses
