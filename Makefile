@@ -28,6 +28,11 @@ run: $(STAMP) models
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Regenerate the gRPC stubs in service/proto/ from proto/glimpse/v1/glimpse.proto (checked in;
+# tests/test_grpc_stubs.py fails when they are stale).
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check training service tests
 	$(BIN)/mypy training service

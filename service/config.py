@@ -53,8 +53,10 @@ class Settings:
     def archives(self) -> list[Path]:
         """The .mar files to serve; ConfigError when there are none."""
         if not self.model_store.is_dir():
-            raise ConfigError(f"model store {self.model_store} does not exist: build the models "
-                              "with `python -m training all` or pass --model-store DIR")  # fmt: skip
+            raise ConfigError(
+                f"model store {self.model_store} does not exist: build the models with "
+                "`python -m training all` or pass --model-store DIR"
+            )
         if self.models:
             paths = [self.model_store / f"{name}.mar" for name in self.models]
             missing = [str(p) for p in paths if not p.exists()]
@@ -63,7 +65,9 @@ class Settings:
             return paths
         paths = sorted(self.model_store.glob("*.mar"))
         if not paths:
-            raise ConfigError(f"no .mar archives in {self.model_store}: run `python -m training all`")
+            raise ConfigError(
+                f"no .mar archives in {self.model_store}: run `python -m training all`"
+            )
         return paths
 
 

@@ -33,14 +33,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                     f"of {max_pixels}; send a smaller image"
                 )
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            upright = ImageOps.exif_transpose(image) or image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"the image has too many pixels ({exc})") from None
     except UnidentifiedImageError as exc:
         raise BadInput(f"the body is not an image Pillow can read ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"the image is truncated or corrupt ({exc})") from None
-    return to_rgb(image)
+    return to_rgb(upright)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -52,7 +52,10 @@ class ImageExplanation:
 
 
 class Pipeline:
-    """Runs requests against the runtime. Example: ``await pipeline.predict(PredictRequest(...))``."""
+    """Runs requests against the runtime.
+
+    Example: ``await pipeline.predict(PredictRequest("cnn", [png_bytes]))``
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -127,7 +130,8 @@ class Pipeline:
         per_method = split_params(names, request.params)
         return {name: build(model.handler.kind, name, per_method[name]) for name in names}
 
-    def targets(self, model: Model, target: str | None, probabilities: torch.Tensor) -> torch.Tensor:
+    def targets(self, model: Model, target: str | None,
+                probabilities: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """The predicted class per input, or the one `target` names (index or class name)."""
         if target is None or target == "":
             return probabilities.argmax(dim=1)
@@ -153,9 +157,11 @@ class Pipeline:
         images = [model.handler.decode(payload) for payload in payloads]
         return model.handler.preprocess(images), images
 
-    def _encode_images(self, model: Model, images: list[Any], probabilities: torch.Tensor,
-                       targets: torch.Tensor, maps: dict[str, np.ndarray],
-                       explainers: dict[str, Explainer], overlay: bool) -> list[ImageExplanation]:  # fmt: skip
+    def _encode_images(
+        self, model: Model, images: list[Any], probabilities: torch.Tensor,
+        targets: torch.Tensor, maps: dict[str, np.ndarray],
+        explainers: dict[str, Explainer], overlay: bool,
+    ) -> list[ImageExplanation]:  # fmt: skip
         predictions = model.handler.top_classes(probabilities)
         results = []
         for i, image in enumerate(images):

@@ -123,8 +123,8 @@ class Runtime:
         for path in archives:
             started = time.perf_counter()
             opened = open_archive(path, workdir)
-            if max_image_pixels is not None:
-                opened.handler.max_pixels = max_image_pixels
+            if max_image_pixels is not None and hasattr(opened.handler, "max_pixels"):
+                opened.handler.max_pixels = max_image_pixels  # type: ignore[attr-defined]
             seconds = time.perf_counter() - started
             gauge = metrics.queue_depth.labels(opened.name)
             worker = Worker(opened.name, max_queue, gauge.set)

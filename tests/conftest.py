@@ -73,3 +73,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tabular_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quickly trained tabular.mar on a small generated store-sales table, in its own store."""
+    from training.tabular import TabularConfig, train_tabular
+
+    store = tmp_path_factory.mktemp("tabular_store")
+    config = TabularConfig(out=store, epochs=1, n_stores=5, years=1, layers=(32, 16), gbm=False)
+    return train_tabular(config)

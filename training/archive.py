@@ -80,5 +80,5 @@ def _archiver() -> str:
     beside = Path(sys.executable).parent / "torch-model-archiver"
     found = str(beside) if beside.exists() else shutil.which("torch-model-archiver")
     if found is None:
-        raise RuntimeError("torch-model-archiver is not installed: pip install torch-model-archiver")
+        raise RuntimeError("torch-model-archiver is missing: pip install torch-model-archiver")
     return found

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from service.explain import ImageBatch, build
-from service.hooks import capture_output
-from training.archive import write_archive
+from service.hooks import capture_output, find_layer
+from service.render import upsample
 from training.architectures import cnn as cnn_arch
+from training.archive import write_archive
 from training.augment import augment
+from training.evaluate import pointing_game
 from training.imagefolder import load_image_folder
 from training.loop import fit_one_cycle
 from training.shapes import ShapesData, make_shapes
@@ -87,14 +89,15 @@ def train_cnn(config: ImageConfig) -> Path:
 
     fit_one_cycle(model, batches, steps, config.epochs, F.cross_entropy, lr=config.lr,
                   weight_decay=config.weight_decay, desc=f"training {config.name}")  # fmt: skip
-    evaluation = evaluate(model, test, mean, std)
+    layer_name = f"features.{len(config.widths) - 1}"
+    evaluation = evaluate(model, find_layer(model, layer_name), test, mean, std)
     print(format_evaluation(evaluation))
     args = {"num_classes": len(train.classes), "widths": list(config.widths),
             "strides": list(config.strides)}  # fmt: skip
     metadata = {
         "classes": list(train.classes),
         "input": {"size": [SIZE, SIZE], "mean": mean.tolist(), "std": std.tolist()},
-        "explain": {"layer": f"features.{len(config.widths) - 1}"},
+        "explain": {"layer": layer_name, "tail": "classify"},
         "evaluation": evaluation,
         "data": source,
         "training": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
@@ -114,12 +117,11 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
-def evaluate(model: torch.nn.Module, test: ShapesData, mean: torch.Tensor,
-             std: torch.Tensor) -> dict[str, Any]:  # fmt: skip
+def evaluate(model: torch.nn.Module, layer: torch.nn.Module, test: ShapesData,
+             mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:  # fmt: skip
     """Accuracy on the held-out split and, where boxes are known, the activation pointing game."""
     model.eval()
     inputs = normalise(to_tensor(test.images), mean, std)
-    layer = model.features[-1]
     with torch.no_grad(), capture_output(layer) as seen:
         predictions = model(inputs).argmax(dim=1)
     accuracy = float((predictions == torch.from_numpy(test.labels)).float().mean())
@@ -127,20 +129,9 @@ def evaluate(model: torch.nn.Module, test: ShapesData, mean: torch.Tensor,
     if test.boxes is not None:
         batch = ImageBatch(model, layer, inputs, predictions, seen.output)
         maps = build("image", "activation", {}).explain(batch)
-        result["pointing_game_activation"] = pointing_game(maps, test.boxes, SIZE)
+        full = np.stack([upsample(m, (SIZE, SIZE)) for m in maps])
+        result["pointing_game_activation"] = pointing_game(full, test.boxes)
     return result
-
-
-def pointing_game(maps: np.ndarray, boxes: np.ndarray, size: int) -> float:
-    """Share of maps whose maximum, upsampled to the image, falls inside the true box."""
-    from service.render import upsample
-
-    hits = 0
-    for grid, (x0, y0, x1, y1) in zip(maps, boxes, strict=True):
-        full = upsample(grid, (size, size))
-        y, x = np.unravel_index(int(full.argmax()), full.shape)
-        hits += int(x0 - 1 <= x <= x1 + 1 and y0 - 1 <= y <= y1 + 1)
-    return hits / len(maps)
 
 
 def format_evaluation(evaluation: dict[str, Any]) -> str:

@@ -1,7 +1,15 @@
 """Explanation methods: one module per method, one registry (name -> class)."""
 
 # importing a method module registers its methods
-from service.explain import activation, gradcam, integrated_gradients  # noqa: F401
+from service.explain import (  # noqa: F401
+    activation,
+    gradcam,
+    gradient_shap,
+    integrated_gradients,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
 from service.explain.base import REGISTRY, Explainer, ImageBatch, Param, build, methods_for
 
 __all__ = ["REGISTRY", "Explainer", "ImageBatch", "Param", "build", "methods_for"]

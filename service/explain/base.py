@@ -9,7 +9,8 @@ once, in its class; HTTP, gRPC and the model metadata read the registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,8 +30,15 @@ class Param:
     low: float | None = None
     high: float | None = None
     help: str = ""
+    choices: tuple[str, ...] | None = None
 
     def parse(self, method: str, name: str, raw: Any) -> Any:
+        if self.choices is not None:
+            if raw not in self.choices:
+                raise SchemaError(
+                    f"{method}.{name} must be one of {list(self.choices)}, got {raw!r}"
+                )
+            return raw
         try:
             value = self.type(raw)
         except (TypeError, ValueError):
@@ -46,27 +54,32 @@ class Param:
         return value
 
     def describe(self) -> dict[str, Any]:
-        return {"type": self.type.__name__, "default": self.default, "min": self.low,
-                "max": self.high, "help": self.help}  # fmt: skip
+        described = {"type": self.type.__name__, "default": self.default, "help": self.help}
+        if self.choices is not None:
+            return {**described, "choices": list(self.choices)}
+        return {**described, "min": self.low, "max": self.high}
 
 
 @dataclass
 class ImageBatch:
-    """What an image method sees: inputs [N, 3, H, W], targets [N], and the
-    activations [N, C, h, w] of `layer` captured during the prediction's own forward."""
+    """What an image method sees: inputs [N, 3, H, W], targets [N], the activations
+    [N, C, h, w] of `layer` captured during the prediction's own forward, and, when the
+    archive names one, the model's `tail` from those activations to the logits."""
 
     model: nn.Module
     layer: nn.Module
     inputs: torch.Tensor
     targets: torch.Tensor
     activations: torch.Tensor | None = None
+    tail: Callable[[torch.Tensor], torch.Tensor] | None = None  # layer output -> logits
 
 
 @dataclass
 class TabularBatch:
     """What a tabular method sees: `head(embedded [N, E], continuous [N, C]) -> [N]` (the
     model's output, in log space), each row's embedding outputs and continuous inputs, and
-    the baseline row ([1, E] and [1, C]: the training mean) that attributions start from."""
+    K reference rows ([K, E] and [K, C], drawn from the training data) that attributions
+    start from; a method averages over them, so the base value is the references' mean output."""
 
     head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     embedded: torch.Tensor
@@ -125,6 +138,37 @@ class Explainer:
             "summary": cls.summary,
             "params": {key: p.describe() for key, p in cls.params.items()},
         }
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's and numpy's global RNGs seeded (Captum draws from both),
+    restoring their states afterwards. Runs on the model's single worker thread."""
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+
+
+def blur(images: torch.Tensor, sigma_fraction: float = 0.1) -> torch.Tensor:
+    """A Gaussian blur of [N, C, H, W] images with sigma a fraction of the image size."""
+    sigma = max(1.0, sigma_fraction * min(images.shape[-2:]))
+    radius = int(3 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    pad = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
+    out = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="replicate")
+    out = torch.nn.functional.pad(out, (radius - pad,) * 4, mode="replicate")
+    horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    out = torch.nn.functional.conv2d(out, horizontal, groups=channels)
+    return torch.nn.functional.conv2d(out, vertical, groups=channels)
 
 
 REGISTRY: dict[str, type[Explainer]] = {}

@@ -1,9 +1,15 @@
 """Integrated Gradients: gradients averaged along the straight path from a baseline.
 
-Images start from zeros after normalisation (the data set's mean colour) and keep the
-sign, summed over colour channels. Tabular rows start from the training-mean row in
-embedding space, so each column's attribution is its contribution relative to the
-average row and `base + sum(attributions) = output` up to Captum's convergence delta.
+Images start by default from a blurred copy of themselves (a zero image carries no
+information for a model that standardises each image, so the path would jump at its
+start and the integral would not converge); `baseline=zeros` starts from the data
+set's mean colour. Attributions keep their sign, summed over colour channels.
+
+Tabular rows start from each of K reference rows drawn from the training data (in
+embedding space) and the attributions are averaged over them (Expected Gradients), so a
+column's attribution is its contribution relative to the average row and
+`base + sum(attributions) = output`, base being the references' mean output, up to
+Captum's convergence delta.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
 
-from service.explain.base import Explainer, ImageBatch, Param, TabularBatch, register
+from service.explain.base import Explainer, ImageBatch, Param, TabularBatch, blur, register
+
+TABULAR_CHUNK = 8192  # path points per forward pass when the caller sets no internal_batch_size
 
 
 @register
@@ -25,6 +33,8 @@ class IntegratedGradients(Explainer):
     summary = "Integrated Gradients from a zero (mean-colour) or training-mean baseline (Captum)."
     params = {
         "steps": Param(int, 50, 1, 1000, "points on the path from the baseline"),
+        "baseline": Param(str, "blur", choices=("blur", "zeros"),
+                          help="images: start from a blurred copy or from the mean colour"),
         "internal_batch_size": Param(int, None, 1, 100_000, "path points per forward pass"),
     }
 
@@ -35,23 +45,39 @@ class IntegratedGradients(Explainer):
     def attribute(self, batch: ImageBatch) -> torch.Tensor:
         """[N, H, W]: attributions to each pixel for the target class, summed over channels."""
         inputs = batch.inputs.detach()
+        baselines = blur(inputs) if self.options["baseline"] == "blur" else torch.zeros_like(inputs)
         attributions, delta = CaptumIG(batch.model).attribute(
-            inputs, baselines=torch.zeros_like(inputs), target=batch.targets,
+            inputs, baselines=baselines, target=batch.targets,
             return_convergence_delta=True, **self._captum_options(),
         )  # fmt: skip
         self.last_delta = delta.detach().cpu().numpy()
         return attributions.sum(dim=1)
 
     def attribute_tabular(self, batch: TabularBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attributions to the embedding outputs [N, E] and the continuous inputs [N, C]."""
-        inputs = (batch.embedded.detach(), batch.continuous.detach())
-        baselines = (batch.baseline_embedded.expand_as(inputs[0]),
-                     batch.baseline_continuous.expand_as(inputs[1]))  # fmt: skip
-        (embedded, continuous), delta = CaptumIG(batch.head).attribute(
-            inputs, baselines=baselines, return_convergence_delta=True, **self._captum_options()
-        )
-        self.last_delta = delta.detach().cpu().numpy()
-        return embedded, continuous
+        """Attributions to the embedding outputs [N, E] and the continuous inputs [N, C],
+        averaged over the K reference rows (IG from each, as in Expected Gradients)."""
+        k = batch.baseline_embedded.shape[0]
+        budget = max(self.options["internal_batch_size"] or TABULAR_CHUNK, k)
+        rows = budget // k  # input rows per Captum call: rows * K paths, one path point each
+        parts = [self._paths(batch, start, rows, budget)
+                 for start in range(0, batch.embedded.shape[0], rows)]  # fmt: skip
+        self.last_delta = torch.cat([delta for _, _, delta in parts]).numpy()
+        return torch.cat([e for e, _, _ in parts]), torch.cat([c for _, c, _ in parts])
+
+    def _paths(self, batch: TabularBatch, start: int, rows: int,
+               budget: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """IG of rows [start, start + rows) from every reference, averaged over references."""
+        embedded = batch.embedded[start : start + rows].detach()
+        continuous = batch.continuous[start : start + rows].detach()
+        n, k = embedded.shape[0], batch.baseline_embedded.shape[0]
+        inputs = (embedded.repeat_interleave(k, dim=0), continuous.repeat_interleave(k, dim=0))
+        baselines = (batch.baseline_embedded.repeat(n, 1), batch.baseline_continuous.repeat(n, 1))
+        (attr_e, attr_c), delta = CaptumIG(batch.head).attribute(
+            inputs, baselines=baselines, return_convergence_delta=True,
+            n_steps=self.options["steps"], internal_batch_size=budget,
+        )  # fmt: skip
+        return (attr_e.view(n, k, -1).mean(dim=1), attr_c.view(n, k, -1).mean(dim=1),
+                delta.detach().view(n, k).mean(dim=1))  # fmt: skip
 
     def extras(self, index: int) -> dict[str, Any]:
         return {"convergence_delta": float(self.last_delta[index])}

@@ -46,6 +46,8 @@ class ImageHandler(GlimpseHandler):
         self.std = torch.tensor(meta["input"]["std"]).view(1, 3, 1, 1)
         assert self.model is not None
         self.layer = find_layer(self.model, meta["explain"]["layer"])
+        tail = meta["explain"].get("tail")
+        self.tail = getattr(self.model, tail) if tail else None
 
     # -- TorchServe's entry point ------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, float]]:
@@ -93,13 +95,18 @@ class ImageHandler(GlimpseHandler):
         assert self.model is not None
         if isinstance(explainer, str):
             explainer = build(self.kind, explainer, {})
-        batch = ImageBatch(self.model, self.layer, result.inputs, targets, result.activations)
+        batch = ImageBatch(self.model, self.layer, result.inputs, targets, result.activations,
+                           self.tail)  # fmt: skip
         return explainer.explain(batch)
 
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "classes": self.classes,
-            "input": {"type": "image", "size": list(self.size), "mean": self.mean.flatten().tolist(),
-                      "std": self.std.flatten().tolist()},  # fmt: skip
+            "input": {
+                "type": "image",
+                "size": list(self.size),
+                "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(),
+            },
         }

@@ -34,8 +34,8 @@ def _config(workdir: Path) -> tuple[Path, dict[str, int]]:
         f"inference_address=http://127.0.0.1:{ports['inference']}",
         f"management_address=http://127.0.0.1:{ports['management']}",
         f"metrics_address=http://127.0.0.1:{ports['metrics']}",
-        f"grpc_inference_address=127.0.0.1",
-        f"grpc_management_address=127.0.0.1",
+        "grpc_inference_address=127.0.0.1",
+        "grpc_management_address=127.0.0.1",
         f"grpc_inference_port={ports['grpc_inf']}",
         f"grpc_management_port={ports['grpc_mgmt']}",
         "default_workers_per_model=1",
@@ -64,8 +64,9 @@ def torchserve(model_store: Path, models: dict[str, str], workdir: Path,
     for mar in models.values():
         shutil.copy(model_store / mar, store / mar)
     config, ports = _config(workdir)
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "LOG_LOCATION": str(workdir / "logs"),
-           "METRICS_LOCATION": str(workdir / "logs")}  # fmt: skip
+    logs = str(workdir / "logs")
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "LOG_LOCATION": logs,
+           "METRICS_LOCATION": logs}  # fmt: skip
     command = [str(VENV_BIN / "torchserve"), "--start", "--ncs", "--ts-config", str(config),
                "--model-store", str(store), "--disable-token-auth",
                "--models", *[f"{n}={m}" for n, m in models.items()]]  # fmt: skip

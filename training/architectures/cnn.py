@@ -73,5 +73,12 @@ class SmallResNet(nn.Module):
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         std = x.std(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) / (std + 1e-3)
-        x = self.pool(self.features(x)).flatten(1)
-        return self.head(self.dropout(x))
+        return self.classify(self.features(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the last block's activations: what `forward` does after `features`.
+
+        Grad-CAM differentiates only this tail, on the activations the prediction's own
+        forward pass captured, instead of running the whole network again.
+        """
+        return self.head(self.dropout(self.pool(features).flatten(1)))

@@ -1,0 +1,121 @@
+"""Every registered image method: shapes, determinism, hook hygiene, flat memory, validation."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import tracemalloc
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.errors import SchemaError
+from service.explain import REGISTRY, build, methods_for
+from service.handlers.image import ImageHandler, Inference
+from service.hooks import hook_count
+from service.runtime import Runtime
+from training.shapes import make_shapes
+
+IMAGE_METHODS = methods_for("image")
+# Cheap settings so the whole registry runs in seconds; defaults are exercised over HTTP.
+FAST = {"integrated_gradients": {"steps": 8}, "gradient_shap": {"samples": 4},
+        "smoothgrad": {"samples": 4}, "occlusion": {"window": 12, "stride": 12}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def handler(runtime: Runtime) -> ImageHandler:
+    handler = runtime.get("cnn").handler
+    assert isinstance(handler, ImageHandler)
+    return handler
+
+
+@pytest.fixture(scope="module")
+def result(handler: ImageHandler) -> Inference:
+    images = [Image.fromarray(a) for a in make_shapes(3, seed=7, size=48).images]
+    return handler.infer(handler.preprocess(images))
+
+
+def targets(result: Inference) -> torch.Tensor:
+    return result.probabilities.argmax(dim=1)
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_map_per_input(handler: ImageHandler, result: Inference, method: str) -> None:
+    maps = handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
+    assert maps.ndim == 3 and maps.shape[0] == 3 and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and np.abs(maps).max() > 0
+    if not REGISTRY[method].signed:
+        assert (maps >= 0).all()
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_same_input_same_map(handler: ImageHandler, result: Inference, method: str) -> None:
+    first = handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
+    again = handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
+    assert np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_no_hook_left_after_success_or_error(handler: ImageHandler, result: Inference,
+                                             method: str) -> None:  # fmt: skip
+    assert handler.model is not None
+    before = hook_count(handler.model)
+    handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
+    assert hook_count(handler.model) == before
+    broken = Inference(torch.zeros(1, 5, 48, 48), result.probabilities[:1], None)  # 5 channels
+    with pytest.raises((RuntimeError, AssertionError)):
+        handler.explain(broken, build("image", method, FAST.get(method, {})), targets(broken))
+    assert hook_count(handler.model) == before == 0
+
+
+def test_capture_hook_removed_when_forward_fails(handler: ImageHandler) -> None:
+    assert handler.model is not None
+    with pytest.raises(RuntimeError):
+        handler.infer(torch.zeros(1, 5, 48, 48))  # wrong channel count
+    assert hook_count(handler.model) == 0
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_every_parameter_is_validated(method: str) -> None:
+    for name, param in REGISTRY[method].params.items():
+        with pytest.raises(SchemaError, match=f"{method}.{name}"):
+            build("image", method, {name: "not-a-number" if param.choices is None else "nope"})
+        if param.high is not None:
+            with pytest.raises(SchemaError, match=name):
+                build("image", method, {name: param.high * 10 + 1})
+    with pytest.raises(SchemaError, match="no parameter"):
+        build("image", method, {"no_such_parameter": 1})
+
+
+@pytest.fixture
+def no_grad_leak() -> Iterator[None]:
+    yield
+    gc.collect()
+
+
+def test_memory_stays_flat_over_200_explanations(handler: ImageHandler, result: Inference,
+                                                 no_grad_leak: None) -> None:  # fmt: skip
+    """200 explanations through activation + gradcam: Python heap and RSS do not grow."""
+    explainers = [build("image", "activation", {}), build("image", "gradcam", {})]
+
+    def run(times: int) -> None:
+        for _ in range(times):
+            fresh = handler.infer(result.inputs)
+            for explainer in explainers:
+                handler.explain(fresh, explainer, targets(fresh))
+
+    run(20)  # warm up allocator caches
+    gc.collect()
+    tracemalloc.start()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline, _ = tracemalloc.get_traced_memory()
+    run(200)
+    gc.collect()
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_growth_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert after - baseline < 1_000_000, f"Python heap grew by {after - baseline} bytes"
+    assert rss_growth_kb < 50_000, f"peak RSS grew by {rss_growth_kb} kB"
