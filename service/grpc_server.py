@@ -1,0 +1,290 @@
+"""The gRPC door (`glimpse.v1.Glimpse`): decode protos into pipeline requests, encode results back.
+
+Beside the Glimpse service the server runs the standard `grpc.health.v1.Health`
+(overall "", the service name and each model name; all SERVING) and server
+reflection. Errors are mapped to status codes once, in `grpc_status`; client
+deadlines bound every call and a cancelled call's queued work is dropped.
+
+Example: ``server = await start_grpc(Settings(), pipeline); ...; await server.stop(grace=2)``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.config import Settings
+from service.errors import BadInput, GlimpseError
+from service.pipeline import ExplainRequest, ImageExplanation, Pipeline, PredictRequest
+from service.proto.glimpse.v1 import glimpse_pb2 as pb
+from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
+from service.runtime import Model
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Glimpse"].full_name  # "glimpse.v1.Glimpse"
+STREAM_WINDOW = 8  # stream inputs in flight at once; results still leave in order
+MAP_KEYS = {"height", "width", "values", "signed", "reduction", "overlay_png"}
+
+T = TypeVar("T")
+
+
+async def start_grpc(settings: Settings, pipeline: Pipeline) -> grpc.aio.Server:
+    """Bind settings.host:settings.grpc_port, start serving and return the started server."""
+    limit = settings.max_body_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit)])  # fmt: skip
+    pb_grpc.add_GlimpseServicer_to_server(GlimpseServicer(pipeline), server)
+    health_pb2_grpc.add_HealthServicer_to_server(await serving_health(pipeline), server)
+    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)  # fmt: skip
+    reflection.enable_server_reflection(names, server)
+    address = f"{_host(settings.host)}:{settings.grpc_port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"gRPC cannot bind {address}: pick a free port with --grpc-port")
+    await server.start()
+    return server
+
+
+async def serving_health(pipeline: Pipeline) -> health.aio.HealthServicer:
+    """Health reporting SERVING overall (""), for the Glimpse service and for each model."""
+    servicer = health.aio.HealthServicer()
+    for name in ("", SERVICE, *pipeline.runtime.models):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from an error to a gRPC status code and message."""
+    if isinstance(exc, GlimpseError):
+        return grpc.StatusCode[exc.grpc_status], exc.message
+    if isinstance(exc, TimeoutError):
+        message = "the call's deadline passed before the result was ready; allow more time"
+        return grpc.StatusCode.DEADLINE_EXCEEDED, message
+    return grpc.StatusCode.INTERNAL, f"internal error: {exc!r}"
+
+
+class GlimpseServicer(pb_grpc.GlimpseServicer):
+    """Each RPC decodes its request, calls the pipeline and encodes the result; no more."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.runtime = pipeline.runtime
+        self.metrics = pipeline.metrics
+
+    async def Predict(self, request: pb.PredictRequest,
+                      context: grpc.aio.ServicerContext) -> pb.PredictResponse:  # fmt: skip
+        return await self._unary(context, "Predict", request.model, self._predict(request))
+
+    async def Explain(self, request: pb.ExplainRequest,
+                      context: grpc.aio.ServicerContext) -> pb.ExplainResponse:  # fmt: skip
+        return await self._unary(context, "Explain", request.model, self._explain(request))
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:  # fmt: skip
+        return await self._unary(context, "ListModels", "", self._list_models())
+
+    async def GetModel(self, request: pb.GetModelRequest,
+                       context: grpc.aio.ServicerContext) -> pb.ModelInfo:  # fmt: skip
+        return await self._unary(context, "GetModel", request.name, self._get_model(request.name))
+
+    async def StreamExplain(self, requests: AsyncIterator[pb.StreamExplainRequest],
+                            context: grpc.aio.ServicerContext,
+                            ) -> AsyncIterator[pb.StreamExplainResponse]:  # fmt: skip
+        """Explain each input as it arrives, a few at a time; answer in arrival order."""
+        window: asyncio.Queue[asyncio.Task[pb.StreamExplainResponse] | None] = asyncio.Queue(
+            STREAM_WINDOW)
+        models: list[str] = []
+
+        async def feed() -> None:
+            try:
+                async for item in requests:
+                    models.append(item.model)
+                    await window.put(asyncio.create_task(self._stream_item(item, context)))
+            finally:
+                await window.put(None)
+
+        with self._observed("StreamExplain", models) as outcome:
+            feeder = asyncio.create_task(feed())
+            try:
+                while (task := await window.get()) is not None:
+                    yield await task
+                await feeder  # a broken request stream surfaces here
+            finally:
+                feeder.cancel()
+                while not window.empty():
+                    if (task := window.get_nowait()) is not None:
+                        task.cancel()  # drops its job from the model's queue
+            outcome["code"] = "OK"
+
+    # -- each RPC's work: decode, pipeline, encode -------------------------------------------
+    async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        model = self.runtime.get(request.model)
+        inputs = decode_inputs(model, request.inputs)
+        results = await self.pipeline.predict(PredictRequest(model.name, inputs))
+        return pb.PredictResponse(model=model.name,
+                                  predictions=[encode_prediction(r) for r in results])  # fmt: skip
+
+    async def _explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
+        model = self.runtime.get(request.model)
+        inputs = decode_inputs(model, request.inputs)
+        results, timings = await self.pipeline.explain(explain_request(model, inputs, request))
+        explanations = [encode_explanation(r) for r in results]
+        return pb.ExplainResponse(model=model.name, explanations=explanations, timings_ms=timings)
+
+    async def _list_models(self) -> pb.ListModelsResponse:
+        models = sorted(self.runtime.models.values(), key=lambda m: m.name)
+        return pb.ListModelsResponse(models=[model_info(m.describe()) for m in models])
+
+    async def _get_model(self, name: str) -> pb.ModelInfo:
+        return model_info(self.runtime.get(name).describe(), full=True)
+
+    async def _stream_item(self, item: pb.StreamExplainRequest,
+                           context: grpc.aio.ServicerContext,
+                           ) -> pb.StreamExplainResponse:  # fmt: skip
+        try:
+            model = self.runtime.get(item.model)
+            inputs = decode_inputs(model, [item.input])
+            work = self.pipeline.explain(explain_request(model, inputs, item))
+            results, timings = await asyncio.wait_for(work, context.time_remaining())
+        except Exception as exc:  # noqa: BLE001 - one input's error is that input's result
+            status, message = grpc_status(exc)
+            reason = exc.code if isinstance(exc, GlimpseError) else status.name.lower()
+            error = pb.Error(code=status.value[0], status=status.name, reason=reason,
+                             message=message)  # fmt: skip
+            return pb.StreamExplainResponse(id=item.id, error=error)
+        return pb.StreamExplainResponse(id=item.id, timings_ms=timings,
+                                        explanation=encode_explanation(results[0]))  # fmt: skip
+
+    # -- what every RPC shares: deadline, error mapping, metrics ------------------------------
+    async def _unary(self, context: grpc.aio.ServicerContext, method: str, model: str,
+                     work: Awaitable[T]) -> T:  # fmt: skip
+        """Await `work` within the client's deadline; failures become the mapped status."""
+        with self._observed(method, [model]) as outcome:
+            try:
+                result = await asyncio.wait_for(work, context.time_remaining())
+            except Exception as exc:  # noqa: BLE001 - mapped to a status; INTERNAL for bugs
+                status, message = grpc_status(exc)
+                outcome["code"] = status.name
+                await context.abort(status, message)
+            outcome["code"] = "OK"
+            return result
+
+    @contextmanager
+    def _observed(self, method: str, models: list[str]) -> Iterator[dict[str, str]]:
+        """Count the call in flight; record its duration and final code (CANCELLED unless set).
+        `models` is read at the end: a stream learns its model from its first request."""
+        outcome = {"code": "CANCELLED"}
+        self.metrics.inflight.labels("grpc").inc()
+        started = time.perf_counter()
+        try:
+            yield outcome
+        finally:
+            self.metrics.inflight.labels("grpc").dec()
+            model = models[0] if models else ""
+            self.metrics.observe_request(model, f"/{SERVICE}/{method}", "grpc", outcome["code"],
+                                         time.perf_counter() - started)  # fmt: skip
+
+
+# -- decoding: protos -> the pipeline's requests ---------------------------------------------
+def decode_inputs(model: Model, inputs: Iterable[pb.Input]) -> list[Any]:
+    """Image bytes or row dicts, checked against the model's kind."""
+    return [decode_input(model, i, item) for i, item in enumerate(inputs)]
+
+
+def decode_input(model: Model, index: int, item: pb.Input) -> Any:
+    kind, which = model.handler.kind, item.WhichOneof("kind")
+    if kind == "image" and which != "image":
+        raise BadInput(f"input {index}: {model.name} is an image model; "
+                       "set Input.image to the image file's bytes")  # fmt: skip
+    if kind == "tabular" and which != "row":
+        raise BadInput(f"input {index}: {model.name} is a tabular model; "
+                       "set Input.row to the row's column values")  # fmt: skip
+    if which == "image" and not item.image:
+        raise BadInput(f"input {index}: Input.image is empty; set it to the image file's bytes")
+    if which == "image":
+        return item.image
+    return {column: decode_value(value) for column, value in item.row.values.items()}
+
+
+def decode_value(value: pb.Value) -> str | float | None:
+    which = value.WhichOneof("kind")
+    if which == "string_value":
+        return value.string_value
+    if which == "number_value":
+        return value.number_value
+    return None
+
+
+def explain_request(model: Model, inputs: list[Any],
+                    request: pb.ExplainRequest | pb.StreamExplainRequest,
+                    ) -> ExplainRequest:  # fmt: skip
+    return ExplainRequest(model.name, inputs, list(request.methods), request.target or None,
+                          dict(request.params), request.include_overlay)  # fmt: skip
+
+
+# -- encoding: the pipeline's results -> protos -----------------------------------------------
+def encode_prediction(result: Any) -> pb.Prediction:
+    """An image model's {class: probability} or a tabular model's value."""
+    if isinstance(result, dict):
+        return pb.Prediction(classes=encode_classes(result))
+    return pb.Prediction(value=float(result))
+
+
+def encode_classes(probabilities: dict[str, float]) -> list[pb.ClassProbability]:
+    return [pb.ClassProbability(label=k, probability=v) for k, v in probabilities.items()]
+
+
+def encode_explanation(result: ImageExplanation | dict[str, Any]) -> pb.Explanation:
+    if isinstance(result, ImageExplanation):
+        return pb.Explanation(image=pb.ImageExplanation(
+            prediction=encode_classes(result.prediction), target=pb.Target(**result.target),
+            maps=[encode_map(name, entry) for name, entry in result.maps.items()]))  # fmt: skip
+    deltas = result["convergence_delta"]
+    attributions = [
+        pb.Attributions(method=method, convergence_delta=deltas.get(method),
+                        columns=[pb.ColumnAttribution(column=c, value=v) for c, v in by.items()])
+        for method, by in result["attributions"].items()
+    ]  # fmt: skip
+    return pb.Explanation(row=pb.RowExplanation(
+        prediction=result["prediction"], base_value=result["base_value"],
+        attributions=attributions))  # fmt: skip
+
+
+def encode_map(method: str, entry: dict[str, Any]) -> pb.Map:
+    """One method's [h, w] map, flattened row-major, with its overlay and extras."""
+    extras = struct_pb2.Struct()
+    extras.update(_jsonable({k: v for k, v in entry.items() if k not in MAP_KEYS}))
+    return pb.Map(method=method, height=entry["height"], width=entry["width"],
+                  values=[v for row in entry["values"] for v in row], signed=entry["signed"],
+                  reduction=entry["reduction"], overlay_png=entry.get("overlay_png", b""),
+                  extras=extras)  # fmt: skip
+
+
+def model_info(description: dict[str, Any], full: bool = False) -> pb.ModelInfo:
+    """The typed essentials of `Model.describe()`; with `full`, all of it as a Struct."""
+    methods = [pb.Method(name=m["name"], signed=m["signed"], reduction=m["reduction"],
+                         summary=m["summary"], params=list(m["params"]))
+               for m in description["explanations"]]  # fmt: skip
+    info = pb.ModelInfo(name=description["name"], kind=description["kind"],
+                        classes=description.get("classes", []),
+                        target=description.get("target", ""), methods=methods)  # fmt: skip
+    if full:
+        info.description.update(_jsonable(description))
+    return info
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    """What JSON (and so a Struct) can carry: tuples become lists, other objects text."""
+    return dict(json.loads(json.dumps(value, default=str)))
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
