@@ -72,7 +72,7 @@ class Pipeline:
                 with timings.stage("inference"):
                     return model.handler.predict_rows(request.inputs)
 
-            return list(await self._run(model, timings, predict_rows))
+            return list(await self._run(model, timings, predict_rows, len(request.inputs)))
         with timings.stage("decode"):
             inputs, _ = await asyncio.to_thread(self._decode_images, model, request.inputs)
 
@@ -80,7 +80,7 @@ class Pipeline:
             with timings.stage("inference"):
                 return model.handler.infer(inputs, capture=False).probabilities
 
-        probabilities = await self._run(model, timings, job)
+        probabilities = await self._run(model, timings, job, len(request.inputs))
         return list(model.handler.top_classes(probabilities))
 
     # -- explanations -----------------------------------------------------------------------
@@ -107,7 +107,7 @@ class Pipeline:
                     maps[name] = model.handler.explain(result, explainer, targets)
             return result.probabilities, targets, maps
 
-        probabilities, targets, maps = await self._run(model, timings, job)
+        probabilities, targets, maps = await self._run(model, timings, job, len(request.inputs))
         with timings.stage("encode"):
             results = await asyncio.to_thread(
                 self._encode_images, model, images, probabilities, targets, maps, explainers,
@@ -146,9 +146,12 @@ class Pipeline:
         return torch.full((probabilities.shape[0],), index, dtype=torch.long)
 
     # -- the stages -------------------------------------------------------------------------
-    async def _run(self, model: Model, timings: Timings, job: Any) -> Any:
+    async def _run(self, model: Model, timings: Timings, job: Any, batch_size: int) -> Any:
+        """Queue `job` in front of the model; record its wait and its batch size."""
+
         def queued(waited: float) -> Any:
             timings.record("queue", waited)
+            self.metrics.batch_size.labels(model.name).observe(batch_size)
             return job()
 
         return await model.worker.run(queued)
@@ -200,7 +203,7 @@ class Pipeline:
             return [_merge_rows(dict(zip(names, row, strict=True)))
                     for row in zip(*per_name.values(), strict=True)]  # fmt: skip
 
-        return list(await self._run(model, timings, job))
+        return list(await self._run(model, timings, job, len(request.inputs)))
 
 
 def split_params(methods: list[str], raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
