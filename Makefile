@@ -20,7 +20,11 @@ model_store/cnn.mar: | $(STAMP)
 	@echo "model_store/cnn.mar is missing: training the default CNN (a few minutes on 2 cores)"
 	$(BIN)/python -m training cnn --out model_store
 
-models: model_store/cnn.mar
+model_store/tabular.mar: | $(STAMP)
+	@echo "model_store/tabular.mar is missing: training the default tabular model"
+	$(BIN)/python -m training tabular --out model_store
+
+models: model_store/cnn.mar model_store/tabular.mar
 
 run: $(STAMP) models
 	$(BIN)/python -m service --model-store model_store

@@ -88,10 +88,12 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
 
     @app.post("/predictions/{name}")
     async def predictions(name: str, request: Request) -> Any:
-        """Image bytes (raw body or multipart `data`) or JSON rows -> what TorchServe answers."""
-        inputs = await read_inputs(request, runtime.get(name).handler.kind, settings)
-        results = await pipeline.predict(PredictRequest(name, inputs))
-        return results[0] if len(results) == 1 and not _is_list_body(request) else results
+        """Image bytes (raw body or multipart `data`) or JSON rows -> what TorchServe answers:
+        an image's top classes, or a list with one predicted value per row."""
+        kind = runtime.get(name).handler.kind
+        results = await pipeline.predict(PredictRequest(name, await read_inputs(request, kind,
+                                                                                settings)))
+        return results if kind == "tabular" else results[0]
 
     @app.post("/explanations/{name}")
     async def explanations(name: str, request: Request) -> Any:
@@ -148,7 +150,6 @@ async def read_inputs(request: Request, kind: str, settings: Settings) -> list[A
             raise BadInput(f"the body is not valid JSON ({exc})") from None
         rows = rows.get("rows", rows) if isinstance(rows, dict) and "rows" in rows else rows
         rows = rows if isinstance(rows, list) else [rows]
-        request.state.list_body = isinstance(json.loads(body), list)
         return rows
     if content_type == "multipart/form-data":
         request._body = body  # let Starlette parse the body we already read and capped
@@ -186,10 +187,6 @@ def _summary(description: dict[str, Any]) -> dict[str, Any]:
     summary = {k: description[k] for k in keys if k in description}
     summary["explanations"] = [m["name"] for m in description["explanations"]]
     return summary
-
-
-def _is_list_body(request: Request) -> bool:
-    return bool(getattr(request.state, "list_body", False))
 
 
 def _route_template(app: FastAPI, request: Request) -> tuple[str, str]:

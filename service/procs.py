@@ -181,7 +181,7 @@ class Categorify:
         assert self.categories is not None, "fit Categorify first"
         out = dict(table)
         for column in self.columns:
-            index = {key: code for code, key in enumerate(self.categories[column])}
+            index: dict[str | None, int] = {k: i for i, k in enumerate(self.categories[column])}
             out[column] = np.array([index.get(k, 0) for k in _keys(table[column])], dtype=np.int64)
         return out
 
@@ -373,6 +373,13 @@ class TabularProcs:
                   for name in proc.cat_names + proc.cont_names}  # fmt: skip
         origin.update({f"{c}_na": c for c in self.fill.flagged or []})
         return {name: origin.get(name, name) for name in self.cat_names + self.cont_names}
+
+    def feature_sources(self, embedding_dims: Sequence[int]) -> list[str]:
+        """The raw column of each model input: every embedding dim, then each continuous."""
+        sources = self.sources
+        owners = [sources[name] for name, dims in zip(self.cat_names, embedding_dims, strict=True)
+                  for _ in range(dims)]  # fmt: skip
+        return owners + [sources[name] for name in self.cont_names]
 
     def schema(self) -> list[Column]:
         """The raw input columns: categorical and date ones required, continuous optional."""

@@ -128,7 +128,7 @@ def test_predict_matches_http(stub: pb_grpc.GlimpseStub, http: TestClient,
     assert probabilities == pytest.approx(list(expected.values()), abs=1e-5)
     reply = stub.Predict(pb.PredictRequest(model="tabular", inputs=[row_input(ROW)]))
     sales = http.post("/predictions/tabular", json=ROW).json()
-    assert reply.predictions[0].value == pytest.approx(sales, abs=1e-5)
+    assert [reply.predictions[0].value] == pytest.approx(sales, abs=1e-5)
 
 
 @pytest.mark.parametrize("method", methods_for("image"))

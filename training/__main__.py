@@ -11,7 +11,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cnn = sub.add_parser("cnn", help="train the image classifier and write cnn.mar")
-    cnn.add_argument("--data", type=Path, help="ImageFolder-style directory (default: generated shapes)")
+    cnn.add_argument("--data", type=Path,
+                     help="ImageFolder-style directory (default: generated shapes)")
     cnn.add_argument("--epochs", type=int, default=8)
     cnn.add_argument("--n-train", type=int, default=4000, help="generated training images")
     cnn.add_argument("--out", type=Path, default=Path("model_store"))
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = sub.add_parser("evaluate", help="score an image archive through the serving runtime")
     evaluate.add_argument("archive", type=Path, nargs="?", default=Path("model_store/cnn.mar"))
     evaluate.add_argument("-n", type=int, default=200, help="held-out generated images")
+    evaluate.add_argument("--out", type=Path, default=Path("docs"),
+                          help="where evaluation.md and gallery.png go")  # fmt: skip
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.command == "cnn":
@@ -47,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.csv is not None and not (args.cat or args.cont or args.date):
             parser.error("--csv needs its columns: --cat ... --cont ... --date ... --target ...")
-        config = TabularConfig(csv=args.csv, cat=args.cat, cont=args.cont, date=args.date,
-                               target=args.target, epochs=args.epochs, out=args.out,
-                               name=args.name)  # fmt: skip
-        print(f"wrote {train_tabular(config)}")
+        table_config = TabularConfig(csv=args.csv, cat=args.cat, cont=args.cont, date=args.date,
+                                     target=args.target, epochs=args.epochs, out=args.out,
+                                     name=args.name)  # fmt: skip
+        print(f"wrote {train_tabular(table_config)}")
     elif args.command == "all":
         from training.image import ImageConfig, train_cnn
         from training.tabular import TabularConfig, train_tabular
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "evaluate":
         from training.evaluate import evaluate_archive
 
-        print(evaluate_archive(args.archive, args.n))
+        print(evaluate_archive(args.archive, args.n, args.out))
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 

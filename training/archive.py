@@ -9,6 +9,7 @@ preprocess inputs and name outputs, evaluation figures, data provenance).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def write_archive(
             "--extra-files", ",".join(str(staging / f) for f in files),
             "--export-path", str(out_dir), "--force",
         ]  # fmt: skip
-        subprocess.run(command, check=True)
+        # torch-model-archiver stages files in $TMPDIR/<model name>: give each build its own.
+        subprocess.run(command, check=True, env={**os.environ, "TMPDIR": tmp})
     return out_dir / f"{name}.mar"
 
 

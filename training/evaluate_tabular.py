@@ -42,7 +42,7 @@ def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, An
         split = source["split"]
         train, valid = split_by_time(data.table, rossmann.DATE, split["valid_fraction"])
         sales = data.table[rossmann.TARGET][valid]
-        predictions = np.array(handler.predict_rows(to_rows(data.table, valid)))
+        predictions: np.ndarray = np.array(handler.predict_rows(to_rows(data.table, valid)))
         held_out = np.random.default_rng(seed).choice(valid, size=min(n, len(valid)),
                                                       replace=False)  # fmt: skip
         explained = handler.explain_rows(to_rows(data.table, held_out))

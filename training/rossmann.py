@@ -7,7 +7,9 @@ The process, per store s and open day d (all effects in log space)::
                 + school_holiday * 0.06 + competition(distance) + noise,  noise ~ N(0, sigma)
 
 - Store: an idiosyncratic level per store, N(0, 0.25).
-- StoreType a-d and Assortment a-c: store attributes with fixed effects (STORE_TYPE, ASSORTMENT).
+- StoreType a-d and Assortment a-c: store attributes with fixed effects (STORE_TYPE,
+  ASSORTMENT). About a third of stores are refitted once (a new format or assortment
+  from a random day on), so these effects are not just part of a store's level.
 - DayOfWeek 1 (Monday) .. 7: fixed effects; most stores are closed on Sundays.
 - Date: season (a yearly sine), the pre-Christmas ramp in December and a payday lift on
   the first three days of each month (`date_effect`).
@@ -17,7 +19,8 @@ The process, per store s and open day d (all effects in log space)::
 - StateHoliday "0"/"a" public/"b" Easter/"c" Christmas per state (four states); most stores
   close on holidays. SchoolHoliday: summer and autumn breaks staggered by state and year.
 - CompetitionDistance in metres: -0.3 * exp(-distance / 3000); missing (NaN) means no
-  competitor yet (effect 0): a few stores never have one, some get one during the period.
+  competitor yet (effect 0): a few stores never have one, some get their first one during
+  the period, and about a third see a nearer competitor open.
 
 Closed days are dropped (as in the Rossmann competition: no Sales 0 rows). Each row's
 true log-effect per column is returned with the table, so attributions can be scored, and
@@ -107,25 +110,33 @@ def date_effect(days: np.ndarray) -> np.ndarray:
 def _stores(n: int, days: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-store attributes [S]."""
     n_days = len(days)
-    distance = np.clip(np.exp(rng.normal(np.log(2500), 1.2, n)), 20, 75_000).round(-1)
-    competitor_from = np.zeros(n, dtype=int)  # day index from which the competitor exists
+    far = np.clip(np.exp(rng.normal(np.log(4000), 1.2, n)), 20, 75_000).round(-1)
+    near = (far * rng.uniform(0.05, 0.6, n)).clip(20).round(-1)
     kind = rng.random(n)
-    competitor_from[kind < 0.04] = n_days + 1  # never
-    opening = (kind >= 0.04) & (kind < 0.16)
-    competitor_from[opening] = rng.integers(30, n_days - 30, opening.sum())
+    far[kind < 0.18] = np.nan  # no competitor before the change ...
+    near[kind < 0.05] = np.nan  # ... nor after it, for a few stores
+    near[kind > 0.5] = far[kind > 0.5]  # no change for half of them
     promo2 = rng.random(n) < 0.5
     return {
         "level": rng.normal(0.0, STORE_SD, n),
-        "type": rng.choice(list(STORE_TYPE), n, p=STORE_TYPE_P),
-        "assortment": rng.choice(list(ASSORTMENT), n, p=ASSORTMENT_P),
+        "type": _refits(list(STORE_TYPE), STORE_TYPE_P, n, n_days, rng),
+        "assortment": _refits(list(ASSORTMENT), ASSORTMENT_P, n, n_days, rng),
         "state": rng.integers(0, N_STATES, n),
-        "distance": distance,
-        "competitor_from": competitor_from,
+        "distance": np.stack([far, near], axis=1),  # [S, 2]: before and after `competition_day`
+        "competition_day": rng.integers(30, n_days - 30, n),
         "promo_phase": rng.integers(0, 14, n),
         "promo2_from": np.where(promo2, rng.integers(-200, n_days - 60, n), n_days + 1),
         "promo2_interval": rng.integers(0, len(PROMO2_INTERVALS), n),
         "sunday": rng.random(n) < 0.05,
     }
+
+
+def _refits(values: list[str], p: list[float], n: int, n_days: int,
+            rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """[S, D] attribute per store and day: a third of stores change it once, on a random day."""
+    before, after = rng.choice(values, n, p=p), rng.choice(values, n, p=p)
+    change = np.where(rng.random(n) < 1 / 3, rng.integers(30, n_days - 30, n), n_days)
+    return np.where(np.arange(n_days)[None, :] < change[:, None], before[:, None], after[:, None])
 
 
 def _daily(stores: dict[str, np.ndarray], days: np.ndarray,
@@ -143,8 +154,8 @@ def _daily(stores: dict[str, np.ndarray], days: np.ndarray,
     promo2 = (day_index >= stores["promo2_from"][:, None]) & (
         (month[None, :, None] == intervals[:, None, :]).any(axis=2)
     )
-    has_competitor = day_index >= stores["competitor_from"][:, None]
-    distance = np.where(has_competitor, stores["distance"][:, None], np.nan)
+    changed = day_index >= stores["competition_day"][:, None]
+    distance = np.where(changed, stores["distance"][:, 1:], stores["distance"][:, :1])
     is_holiday = holiday != "0"
     open_ = (weekday[None, :] < 6) | stores["sunday"][:, None]
     open_ &= ~is_holiday | (rng.random((n, n_days)) < 0.1)
@@ -152,8 +163,8 @@ def _daily(stores: dict[str, np.ndarray], days: np.ndarray,
     full = np.ones((n, n_days))
     grid = {
         "Store": np.arange(1, n + 1)[:, None] * np.ones((1, n_days), dtype=int),
-        "StoreType": np.repeat(stores["type"][:, None], n_days, axis=1),
-        "Assortment": np.repeat(stores["assortment"][:, None], n_days, axis=1),
+        "StoreType": stores["type"],
+        "Assortment": stores["assortment"],
         "DayOfWeek": (weekday + 1)[None, :] * np.ones((n, 1), dtype=int),
         "Date": np.repeat(days[None, :], n, axis=0),
         "Promo": promo.astype(int),
@@ -162,15 +173,14 @@ def _daily(stores: dict[str, np.ndarray], days: np.ndarray,
         "CompetitionDistance": distance,
         "Promo2": promo2.astype(int),
         "effect_Store": stores["level"][:, None] * full,
-        "effect_StoreType": np.vectorize(STORE_TYPE.get)(stores["type"])[:, None] * full,
-        "effect_Assortment": np.vectorize(ASSORTMENT.get)(stores["assortment"])[:, None] * full,
+        "effect_StoreType": np.vectorize(STORE_TYPE.get)(stores["type"]),
+        "effect_Assortment": np.vectorize(ASSORTMENT.get)(stores["assortment"]),
         "effect_DayOfWeek": np.array(DAY_OF_WEEK)[weekday][None, :] * full,
         "effect_Date": date_effect(days)[None, :] * full,
         "effect_Promo": PROMO * promo,
         "effect_StateHoliday": np.vectorize(STATE_HOLIDAY.get)(holiday).astype(float),
         "effect_SchoolHoliday": SCHOOL_HOLIDAY * school,
-        "effect_CompetitionDistance": np.where(has_competitor,
-                                               -0.3 * np.exp(-distance / 3000), 0.0),  # fmt: skip
+        "effect_CompetitionDistance": np.nan_to_num(-0.3 * np.exp(-distance / 3000)),
         "effect_Promo2": PROMO2 * promo2,
         "open": open_,
     }

@@ -61,6 +61,7 @@ class TabularConfig:
     years: int = 2
     seed: int = 0
     gbm: bool = True
+    references: int = 64
 
 
 @dataclass
@@ -124,13 +125,13 @@ def redundant_parts(train: Table, date: str, cat: list[str]) -> list[str]:
     """Date parts that a categorical column already carries one-to-one (Rossmann's DayOfWeek
     is Date's Dayofweek + 1): kept twice, one fact's attribution would split between them."""
     parts = date_parts(train[date])
+    keys = {column: np.array([category_key(v) or "" for v in train[column]]) for column in cat}
     redundant = []
     for part in DATE_CATEGORICAL:
+        n_part = len(np.unique(parts[part]))
         for column in cat:
-            keys = np.array([category_key(v) or "" for v in train[column]])
-            n_pairs = len(set(zip(parts[part].tolist(), keys.tolist(), strict=True)))
-            n_part, n_column = len(np.unique(parts[part])), len(np.unique(keys))
-            if n_part > 1 and n_pairs == n_part == n_column:
+            n_pairs = len(set(zip(parts[part].tolist(), keys[column].tolist(), strict=True)))
+            if n_part > 1 and n_pairs == n_part == len(np.unique(keys[column])):
                 redundant.append(part)
                 break
     return redundant
@@ -158,8 +159,8 @@ def train_tabular(config: TabularConfig) -> Path:
     data = load_data(config)
     train_index, valid_index = split_by_time(data.table, data.date, config.valid_fraction)
     train, valid = subset(data.table, train_index), subset(data.table, valid_index)
-    parts = {d: [p for p in DATE_PARTS if p not in redundant_parts(train, d, data.cat)]
-             for d in data.date}  # fmt: skip
+    redundant = {d: redundant_parts(train, d, data.cat) for d in data.date}
+    parts = {d: [p for p in DATE_PARTS if p not in redundant[d]] for d in data.date}
     procs = TabularProcs(data.cat, data.cont, data.date, parts).fit(train)
     x_train, x_valid = procs.apply(train), procs.apply(valid)
     y_train = torch.from_numpy(np.log(train[data.target])).float()
@@ -179,7 +180,8 @@ def train_tabular(config: TabularConfig) -> Path:
         "target": data.target,
         "procs": procs.to_json(),
         "schema": [asdict(column) for column in procs.schema()],
-        "explain": {"baseline": baseline(model, x_train)},
+        "explain": {"references": references(model, procs, x_train, config.references,
+                                             config.seed)},
         "evaluation": evaluation,
         "data": {**data.source, "split": split},
         "training": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
@@ -199,10 +201,10 @@ def build_model(procs: TabularProcs, y_train: torch.Tensor,
     y_range is the training log-target range, padded by log(1.2) at least on each side."""
     low, high = float(y_train.min()), float(y_train.max())
     pad = max(0.1 * (high - low), math.log(1.2))
-    args = {"emb_szs": [(n, tabular_arch.embedding_size(n)) for n in procs.cardinalities],
-            "n_cont": len(procs.cont_names), "layers": list(config.layers),
-            "ps": list(config.ps), "emb_drop": config.emb_drop,
-            "y_range": [low - pad, high + pad]}  # fmt: skip
+    emb_szs = [(n, tabular_arch.embedding_size(n)) for n in procs.cardinalities]
+    args: dict[str, Any] = {"emb_szs": emb_szs, "n_cont": len(procs.cont_names),
+                            "layers": list(config.layers), "ps": list(config.ps),
+                            "emb_drop": config.emb_drop, "y_range": [low - pad, high + pad]}
     return tabular_arch.TabularModel(**args), args
 
 
@@ -247,23 +249,40 @@ def evaluate(model: torch.nn.Module, x_valid: tuple[np.ndarray, np.ndarray],
 
 def gbm_rmspe(procs: TabularProcs, x_train: tuple[np.ndarray, np.ndarray], y_train: np.ndarray,
               x_valid: tuple[np.ndarray, np.ndarray], y_valid: np.ndarray, seed: int) -> float:
-    """HistGradientBoostingRegressor on the same processed features, log target."""
+    """HistGradientBoostingRegressor on the same processed features, log target (200 rounds
+    scored best of 200 / 500 / 1000 on the default data: 0.115 / 0.117 / 0.120)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     categorical = [n <= 255 for n in procs.cardinalities] + [False] * len(procs.cont_names)
-    gbm = HistGradientBoostingRegressor(max_iter=500, learning_rate=0.1, early_stopping=False,
+    gbm = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1, early_stopping=False,
                                         categorical_features=categorical, random_state=seed)
     gbm.fit(np.hstack(x_train), np.log(y_train))
     return rmspe(y_valid, np.exp(gbm.predict(np.hstack(x_valid))))
 
 
-def baseline(model: tabular_arch.TabularModel,
-             x_train: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:  # fmt: skip
-    """The training-mean row in model-input space: mean embedding outputs and continuous."""
+def references(model: tabular_arch.TabularModel, procs: TabularProcs,
+               x_train: tuple[np.ndarray, np.ndarray], k: int,
+               seed: int) -> dict[str, list[list[float]]]:  # fmt: skip
+    """K reference rows in model-input space ([K, E] embedding outputs, [K, C] continuous)
+    whose every raw column follows its training distribution: per column, a systematic
+    sample of the training rows sorted by that column's values (so K rows cover all stores,
+    all seasons, the whole distance range), the columns paired up at random."""
+    codes, cont = x_train
     with torch.no_grad():
-        embedded = model.embed(torch.from_numpy(x_train[0]))
-    return {"embedded": embedded.mean(dim=0).tolist(),
-            "continuous": x_train[1].mean(axis=0).astype(float).tolist()}  # fmt: skip
+        features = torch.cat([model.embed(torch.from_numpy(codes)), torch.from_numpy(cont)], 1)
+    owners = np.array(procs.feature_sources(model.emb_dims))
+    inputs = dict(zip(procs.cat_names, codes.T, strict=True))
+    inputs.update(zip(procs.cont_names, cont.T, strict=True))
+    rng = np.random.default_rng(seed)
+    positions = ((np.arange(k) + 0.5) * len(codes) / k).astype(int)
+    chosen = torch.zeros(k, features.shape[1])
+    for column in dict.fromkeys(owners):
+        keys = [values for name, values in inputs.items() if procs.sources[name] == column]
+        rows = np.lexsort(keys[::-1])[positions]
+        index = torch.from_numpy(np.flatnonzero(owners == column))
+        chosen[:, index] = features[rng.permutation(rows)][:, index]
+    return {"embedded": chosen[:, : model.n_emb].tolist(),
+            "continuous": chosen[:, model.n_emb :].tolist()}  # fmt: skip
 
 
 def format_table(evaluation: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ Example: ``handler.predict_rows([{"Store": 1, "Date": "2014-12-01", ...}])`` -> 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ Row = Mapping[str, Any]
 
 
 class TabularHandler(GlimpseHandler):
-    """Predicts a target from rows of raw columns. Metadata: procs, target, explain baseline."""
+    """Predicts a target from rows of raw columns. Metadata: procs, target, reference rows."""
 
     kind = "tabular"
 
@@ -37,13 +37,12 @@ class TabularHandler(GlimpseHandler):
         self.procs = TabularProcs.from_json(meta["procs"])
         self.columns = self.procs.schema()
         self.target: str = meta["target"]
-        baseline = meta["explain"]["baseline"]
-        self.baseline_embedded = torch.tensor(baseline["embedded"], dtype=torch.float32)[None]
-        self.baseline_continuous = torch.tensor(baseline["continuous"], dtype=torch.float32)[None]
+        references = meta["explain"]["references"]
+        self.references = (torch.tensor(references["embedded"], dtype=torch.float32),
+                           torch.tensor(references["continuous"], dtype=torch.float32))  # fmt: skip
         self.grouping = self._grouping()
         with torch.no_grad():
-            base = self.model_head(self.baseline_embedded, self.baseline_continuous)
-        self.base_value = float(base[0])
+            self.base_value = float(self.model_head(*self.references).mean())
 
     # -- TorchServe's entry point ------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[list[float]]:
@@ -66,40 +65,37 @@ class TabularHandler(GlimpseHandler):
             return payload
         raise BadInput("send a JSON object of column values, or a list of them")
 
-    def preprocess(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows -> (codes [N, n_cat] int64, continuous [N, n_cont] float32)."""
         codes, cont = self.procs.apply(read_rows(rows, self.columns))
         return torch.from_numpy(codes), torch.from_numpy(cont)
 
-    def forward(self, rows: list[Row]) -> torch.Tensor:
+    def forward(self, rows: Sequence[Row]) -> torch.Tensor:
         """Rows -> the model's output [N], log of the target."""
-        assert self.model is not None
         codes, cont = self.preprocess(rows)
         with torch.no_grad():
-            return self.model(codes, cont)
+            return self.net(codes, cont)
 
-    def predict_rows(self, rows: list[Row]) -> list[float]:
+    def predict_rows(self, rows: Sequence[Row]) -> list[float]:
         """Predicted target values in original units, one per row."""
         if not rows:
             return []
         return torch.exp(self.forward(rows).double()).tolist()
 
-    def explain_rows(self, rows: list[Row], method: str = "integrated_gradients",
+    def explain_rows(self, rows: Sequence[Row], method: str = "integrated_gradients",
                      params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """Per row: prediction, base_value, attributions per raw column, convergence_delta.
 
         Attributions live in log space: base_value + sum(attributions) = log(prediction).
         """
-        assert self.model is not None
         if not rows:
             return []
         explainer = build(self.kind, method, params or {})
         codes, cont = self.preprocess(rows)
         with torch.no_grad():
-            embedded = self.model.embed(codes)
+            embedded = self.net.embed(codes)
             output = self.model_head(embedded, cont)
-        batch = TabularBatch(self.model_head, embedded, cont, self.baseline_embedded,
-                             self.baseline_continuous)  # fmt: skip
+        batch = TabularBatch(self.model_head, embedded, cont, *self.references)
         parts = explainer.attribute_tabular(batch)
         per_column = (torch.cat(parts, dim=1).detach().double() @ self.grouping).numpy()
         gaps = per_column.sum(axis=1) - (output.double().numpy() - self.base_value)
@@ -115,17 +111,20 @@ class TabularHandler(GlimpseHandler):
         ]
 
     def model_head(self, embedded: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
-        assert self.model is not None
-        return self.model.head(embedded, cont)
+        """The model from the embedding outputs on: [N, n_emb], [N, n_cont] -> [N]."""
+        result: torch.Tensor = self.net.head(embedded, cont)
+        return result
+
+    @property
+    def net(self) -> Any:
+        """The TabularModel, built from the archive's own architecture file (hence untyped)."""
+        assert self.model is not None, "initialize the handler first"
+        return self.model
 
     def _grouping(self) -> torch.Tensor:
         """[n_emb + n_cont, n_columns] 0/1: which raw column each model input belongs to."""
-        assert self.model is not None
         names = [column.name for column in self.columns]
-        sources = self.procs.sources
-        owners = [sources[name] for name, embedding in zip(self.procs.cat_names,
-                  self.model.embeds, strict=True) for _ in range(embedding.embedding_dim)]
-        owners += [sources[name] for name in self.procs.cont_names]
+        owners = self.procs.feature_sources(self.net.emb_dims)
         grouping = torch.zeros(len(owners), len(names), dtype=torch.float64)
         for feature, owner in enumerate(owners):
             grouping[feature, names.index(owner)] = 1.0

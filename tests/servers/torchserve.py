@@ -65,8 +65,10 @@ def torchserve(model_store: Path, models: dict[str, str], workdir: Path,
         shutil.copy(model_store / mar, store / mar)
     config, ports = _config(workdir)
     logs = str(workdir / "logs")
+    # TMPDIR: TorchServe keeps its pid file there, so concurrent servers must not share it.
+    (workdir / "tmp").mkdir(exist_ok=True)
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "LOG_LOCATION": logs,
-           "METRICS_LOCATION": logs}  # fmt: skip
+           "METRICS_LOCATION": logs, "TMPDIR": str(workdir / "tmp")}  # fmt: skip
     command = [str(VENV_BIN / "torchserve"), "--start", "--ncs", "--ts-config", str(config),
                "--model-store", str(store), "--disable-token-auth",
                "--models", *[f"{n}={m}" for n, m in models.items()]]  # fmt: skip

@@ -30,9 +30,10 @@ class TabularModel(nn.Module):
         if len(ps) != len(layers):
             raise ValueError(f"ps has {len(ps)} entries but there are {len(layers)} layers")
         self.embeds = nn.ModuleList([nn.Embedding(n, size) for n, size in emb_szs])
+        self.emb_dims = [size for _, size in emb_szs]
         self.emb_drop = nn.Dropout(emb_drop)
         self.bn_cont = nn.BatchNorm1d(n_cont) if n_cont else nn.Identity()
-        self.n_emb, self.n_cont = sum(size for _, size in emb_szs), n_cont
+        self.n_emb, self.n_cont = sum(self.emb_dims), n_cont
         sizes = [self.n_emb + n_cont, *layers]
         blocks: list[nn.Module] = []
         for n_in, n_out, p in zip(sizes[:-1], sizes[1:], ps, strict=True):

@@ -1,0 +1,48 @@
+"""The same tabular.mar in real TorchServe answers what its handler answers in process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.archive import open_archive
+from tests.servers.torchserve import leftover_processes, torchserve
+from training.tabular import TabularConfig, train_tabular
+
+pytestmark = pytest.mark.integration
+
+ROWS = [
+    {"Store": 1, "StoreType": "a", "Assortment": "c", "DayOfWeek": 4, "Date": "2013-10-10",
+     "Promo": 1, "StateHoliday": "0", "SchoolHoliday": 0, "CompetitionDistance": 1250.0,
+     "Promo2": 0},
+    {"Store": "2", "StoreType": "d", "Assortment": "a", "DayOfWeek": 6, "Date": "2013-12-21",
+     "Promo": 0, "StateHoliday": "0", "SchoolHoliday": 1, "Promo2": 1},
+    {"Store": 999, "StoreType": "a", "Assortment": "a", "DayOfWeek": 1, "Date": "2014-01-06",
+     "Promo": 1, "StateHoliday": "a", "SchoolHoliday": 0, "CompetitionDistance": None,
+     "Promo2": 0},
+]  # fmt: skip
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model on a small generated table: what matters here is the serving path."""
+    config = TabularConfig(n_stores=6, years=1, epochs=1, batch_size=256, gbm=False,
+                           out=tmp_path_factory.mktemp("tabular-store"))  # fmt: skip
+    return train_tabular(config)
+
+
+def test_torchserve_predicts_what_the_handler_predicts(archive: Path, tmp_path: Path) -> None:
+    ours = open_archive(archive, tmp_path / "unpacked").handler.predict_rows(ROWS)
+    probe = ("tabular", json.dumps(ROWS[0]).encode(), JSON)
+    with torchserve(archive.parent, {"tabular": archive.name}, tmp_path / "ts", probe) as ts:
+        url = f"{ts.inference_url}/predictions/tabular"
+        many = httpx.post(url, content=json.dumps(ROWS), headers=JSON, timeout=30)
+        one = httpx.post(url, content=json.dumps(ROWS[1]), headers=JSON, timeout=30)
+    assert many.status_code == 200 and one.status_code == 200
+    assert many.json() == pytest.approx(ours, abs=1e-4)
+    assert one.json() == pytest.approx([ours[1]], abs=1e-4)
+    assert leftover_processes(tmp_path / "ts") == []
