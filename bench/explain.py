@@ -31,11 +31,13 @@ from training.shapes import make_shapes  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     parser.add_argument("--model-store", type=Path, default=Path("model_store"))
     parser.add_argument("--calls", type=int, default=25)
     parser.add_argument("--size", type=int, default=224, help="side of the test image in pixels")
     parser.add_argument("--out", type=Path, default=Path("bench/results/explain.json"))
+    parser.add_argument("--readme", type=Path, default=Path("bench/README.md"))
     args = parser.parse_args()
     image = Image.fromarray(make_shapes(1, seed=4242).images[0]).resize((args.size, args.size))
     buffer = io.BytesIO()
@@ -54,14 +56,31 @@ def main() -> None:
             cases[method] = f"{base}/explanations/cnn?methods={method}&overlay=false"
             cases[f"{method} + overlay"] = f"{base}/explanations/cnn?methods={method}"
         times = _measure(cases, body, args.calls)
+        ig = httpx.post(cases["integrated_gradients"], content=body, timeout=120).json()
+        delta = ig["explanations"]["integrated_gradients"]["convergence_delta"]
     finally:
         server.terminate()
         server.wait(timeout=30)
     medians = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
-    report = _table(medians, args)
+    report = _table(medians, args) + (
+        f"\n\nintegrated_gradients at its default 50 steps: convergence delta {delta:.2e} "
+        "(logit units, this image)")
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"median_ms": medians, "calls": args.calls}, indent=2))
+    args.out.write_text(json.dumps({"median_ms": medians, "calls": args.calls,
+                                    "ig_convergence_delta": delta}, indent=2))  # fmt: skip
+    _write_readme(args.readme, report)
+
+
+def _write_readme(readme: Path, report: str) -> None:
+    """Replace the text between the explain-benchmark markers in bench/README.md."""
+    begin, end = "<!-- explain.py begin -->", "<!-- explain.py end -->"
+    text = readme.read_text() if readme.exists() else f"{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    stamp = time.strftime("%Y-%m-%d")
+    readme.write_text(f"{head}{begin}\nMeasured {stamp} by `python bench/explain.py`:\n\n"
+                      f"{report}\n{end}{tail}")  # fmt: skip
 
 
 def _measure(cases: dict[str, str], body: bytes, calls: int) -> dict[str, list[float]]:
