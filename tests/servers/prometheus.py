@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.servers import running, wait_until_ok
 
 
 @dataclass
@@ -47,33 +47,10 @@ def prometheus(target: str, workdir: Path) -> Iterator[Prometheus]:
         f"      - targets: ['{target}']\n"
     )
     port = free_port()
-    log = (workdir / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    server = Prometheus(f"http://127.0.0.1:{port}", process)
-    try:
-        _wait_ready(server, workdir)
+    command = [binary("prometheus"), f"--config.file={config}",
+               f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
+    log = workdir / "prometheus.log"
+    with running(command, log) as process:
+        server = Prometheus(f"http://127.0.0.1:{port}", process)
+        wait_until_ok(f"{server.url}/-/ready", process, log, timeout=60)
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def _wait_ready(server: Prometheus, workdir: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.process.poll() is None:
-        try:
-            if httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    log = (workdir / "prometheus.log").read_text()[-3000:]
-    raise RuntimeError(f"prometheus did not become ready:\n{log}")
