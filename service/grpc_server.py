@@ -244,9 +244,11 @@ def encode_classes(probabilities: dict[str, float]) -> list[pb.ClassProbability]
 
 def encode_explanation(result: ImageExplanation | dict[str, Any]) -> pb.Explanation:
     if isinstance(result, ImageExplanation):
+        by_target = [pb.TargetMaps(target=pb.Target(**target), maps=encode_maps(maps))
+                     for target, maps in result.by_target]  # fmt: skip
         return pb.Explanation(image=pb.ImageExplanation(
             prediction=encode_classes(result.prediction), target=pb.Target(**result.target),
-            maps=[encode_map(name, entry) for name, entry in result.maps.items()]))  # fmt: skip
+            maps=encode_maps(result.maps), by_target=by_target))  # fmt: skip
     deltas = result["convergence_delta"]
     attributions = [
         pb.Attributions(method=method, convergence_delta=deltas.get(method),
@@ -256,6 +258,10 @@ def encode_explanation(result: ImageExplanation | dict[str, Any]) -> pb.Explanat
     return pb.Explanation(row=pb.RowExplanation(
         prediction=result["prediction"], base_value=result["base_value"],
         attributions=attributions))  # fmt: skip
+
+
+def encode_maps(maps: dict[str, dict[str, Any]]) -> list[pb.Map]:
+    return [encode_map(name, entry) for name, entry in maps.items()]
 
 
 def encode_map(method: str, entry: dict[str, Any]) -> pb.Map:

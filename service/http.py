@@ -175,11 +175,17 @@ def explain_request(name: str, inputs: list[Any], request: Request) -> ExplainRe
 
 def encode_image_explanation(name: str, result: ImageExplanation,
                              timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
-    maps = {}
-    for method, entry in result.maps.items():
-        maps[method] = {k: as_base64(v) if k == "overlay_png" else v for k, v in entry.items()}
-    return {"model": name, "target": result.target, "prediction": result.prediction,
-            "explanations": maps, "timings_ms": timings}  # fmt: skip
+    body: dict[str, Any] = {"model": name, "target": result.target, "prediction": result.prediction,
+            "explanations": _json_maps(result.maps), "timings_ms": timings}  # fmt: skip
+    if result.by_target:
+        body["by_target"] = [{"target": target, "explanations": _json_maps(maps)}
+                             for target, maps in result.by_target]  # fmt: skip
+    return body
+
+
+def _json_maps(maps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {method: {k: as_base64(v) if k == "overlay_png" else v for k, v in entry.items()}
+            for method, entry in maps.items()}  # fmt: skip
 
 
 def _summary(description: dict[str, Any]) -> dict[str, Any]:

@@ -36,19 +36,32 @@ class ExplainRequest:
     model: str
     inputs: list[Any]
     methods: list[str] = field(default_factory=list)  # empty: the model's default method
-    target: str | None = None  # index or class name; None: the predicted class
+    target: str | None = None  # class names or indices, comma-separated; None: the predicted one
     params: dict[str, Any] = field(default_factory=dict)  # "param" or "method.param" -> value
     overlay: bool = True  # include overlay PNGs
 
 
 @dataclass
 class ImageExplanation:
-    """One image's result; `maps` holds each method's [h, w] map (normalised) and its overlay."""
+    """One image's result; `maps` holds each method's [h, w] map (normalised) and its overlay
+    for `target`. When several targets were asked for, `by_target` holds (target, maps) for
+    each of them, the first being `target` and `maps`."""
 
     prediction: dict[str, float]
     target: dict[str, Any]
     maps: dict[str, dict[str, Any]]
     image: Any = None
+    by_target: list[tuple[dict[str, Any], dict[str, dict[str, Any]]]] = field(
+        default_factory=list)
+
+
+@dataclass
+class _TargetRun:
+    """Every method's maps [N, h, w] (and per-input extras) for one choice of target."""
+
+    targets: torch.Tensor
+    maps: dict[str, np.ndarray]
+    extras: dict[str, list[dict[str, Any]]]
 
 
 class Pipeline:
@@ -95,22 +108,27 @@ class Pipeline:
         with timings.stage("decode"):
             inputs, images = await asyncio.to_thread(self._decode_images, model, request.inputs)
         capture = any(e.needs_activations for e in explainers.values())
+        wanted = self.target_indices(model, request.target)
 
-        def job() -> tuple[Any, torch.Tensor, dict[str, np.ndarray]]:
+        def job() -> tuple[torch.Tensor, list[_TargetRun]]:
             with timings.stage("inference"):
                 result = model.handler.infer(inputs, capture=capture)
-            targets = self.targets(model, request.target, result.probabilities)
-            maps = {}
-            for name, explainer in explainers.items():
-                stage = "heatmap" if name == DEFAULT_METHOD else "attribution"
-                with timings.stage(stage, method=name):
-                    maps[name] = model.handler.explain(result, explainer, targets)
-            return result.probabilities, targets, maps
+            runs = []
+            for index in wanted:
+                targets = _target_tensor(index, result.probabilities)
+                run = _TargetRun(targets, {}, {})
+                for name, explainer in explainers.items():
+                    stage = "heatmap" if name == DEFAULT_METHOD else "attribution"
+                    with timings.stage(stage, method=name):
+                        run.maps[name] = model.handler.explain(result, explainer, targets)
+                    run.extras[name] = [explainer.extras(i) for i in range(len(targets))]
+                runs.append(run)
+            return result.probabilities, runs
 
-        probabilities, targets, maps = await self._run(model, timings, job, len(request.inputs))
+        probabilities, runs = await self._run(model, timings, job, len(request.inputs))
         with timings.stage("encode"):
             results = await asyncio.to_thread(
-                self._encode_images, model, images, probabilities, targets, maps, explainers,
+                self._encode_images, model, images, probabilities, runs, explainers,
                 request.overlay)  # fmt: skip
         return results, timings.ms
 
@@ -130,20 +148,24 @@ class Pipeline:
         per_method = split_params(names, request.params)
         return {name: build(model.handler.kind, name, per_method[name]) for name in names}
 
-    def targets(self, model: Model, target: str | None,
-                probabilities: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """The predicted class per input, or the one `target` names (index or class name)."""
-        if target is None or target == "":
-            return probabilities.argmax(dim=1)
+    def target_indices(self, model: Model, target: str | None) -> list[int | None]:
+        """Class indices named by `target` ("circle", "2" or "circle,square"); [None] when
+        empty, meaning each input's predicted class. SchemaError for anything else."""
+        if target is None or not target.strip():
+            return [None]
         classes: list[str] = model.handler.classes
-        if target in classes:
-            index = classes.index(target)
-        elif target.lstrip("-").isdigit() and 0 <= int(target) < len(classes):
-            index = int(target)
-        else:
-            raise SchemaError(f"target {target!r} is neither a class of {model.name} "
-                              f"({classes}) nor an index below {len(classes)}")  # fmt: skip
-        return torch.full((probabilities.shape[0],), index, dtype=torch.long)
+        indices: list[int | None] = []
+        for name in (part.strip() for part in target.split(",")):
+            if name in classes:
+                indices.append(classes.index(name))
+            elif name.isdigit() and int(name) < len(classes):
+                indices.append(int(name))
+            else:
+                raise SchemaError(f"target {name!r} is neither a class of {model.name} "
+                                  f"({classes}) nor an index below {len(classes)}")  # fmt: skip
+        if len(set(indices)) != len(indices):
+            raise SchemaError(f"target names a class twice: {target!r}")
+        return indices
 
     # -- the stages -------------------------------------------------------------------------
     async def _run(self, model: Model, timings: Timings, job: Any, batch_size: int) -> Any:
@@ -162,30 +184,38 @@ class Pipeline:
 
     def _encode_images(
         self, model: Model, images: list[Any], probabilities: torch.Tensor,
-        targets: torch.Tensor, maps: dict[str, np.ndarray],
-        explainers: dict[str, Explainer], overlay: bool,
+        runs: list[_TargetRun], explainers: dict[str, Explainer], overlay: bool,
     ) -> list[ImageExplanation]:  # fmt: skip
         predictions = model.handler.top_classes(probabilities)
         results = []
         for i, image in enumerate(images):
-            index = int(targets[i])
-            encoded = {}
-            for name, grids in maps.items():
-                signed = explainers[name].signed
-                grid = render.normalise(grids[i], signed)
-                entry: dict[str, Any] = {
-                    "height": grid.shape[0], "width": grid.shape[1],
-                    "values": np.round(grid, 6).tolist(), "signed": signed,
-                    "reduction": explainers[name].reduction,
-                }  # fmt: skip
-                entry.update(explainers[name].extras(i))
-                if overlay:
-                    entry["overlay_png"] = render.png_bytes(render.overlay(image, grid, signed))
-                encoded[name] = entry
-            target = {"index": index, "label": model.handler.classes[index],
-                      "probability": float(probabilities[i, index])}  # fmt: skip
-            results.append(ImageExplanation(predictions[i], target, encoded, image))
+            per_target = []
+            for run in runs:
+                index = int(run.targets[i])
+                target = {"index": index, "label": model.handler.classes[index],
+                          "probability": float(probabilities[i, index])}  # fmt: skip
+                encoded = {name: self._encode_map(image, grids[i], explainers[name],
+                                                  run.extras[name][i], overlay)
+                           for name, grids in run.maps.items()}  # fmt: skip
+                per_target.append((target, encoded))
+            target, encoded = per_target[0]
+            by_target = per_target if len(per_target) > 1 else []
+            results.append(ImageExplanation(predictions[i], target, encoded, image, by_target))
         return results
+
+    def _encode_map(self, image: Any, grid: np.ndarray, explainer: Explainer,
+                    extras: dict[str, Any], overlay: bool) -> dict[str, Any]:  # fmt: skip
+        """One normalised map as numbers, with its extras and optionally its overlay PNG."""
+        signed = explainer.signed
+        grid = render.normalise(grid, signed)
+        entry: dict[str, Any] = {
+            "height": grid.shape[0], "width": grid.shape[1],
+            "values": np.round(grid, 6).tolist(), "signed": signed,
+            "reduction": explainer.reduction, **extras,
+        }  # fmt: skip
+        if overlay:
+            entry["overlay_png"] = render.png_bytes(render.overlay(image, grid, signed))
+        return entry
 
     async def _explain_rows(self, model: Model, request: ExplainRequest,
                             timings: Timings) -> list[Any]:  # fmt: skip
@@ -235,6 +265,13 @@ def _merge_rows(by_method: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if row.get("convergence_delta") is not None:
             merged["convergence_delta"][name] = row["convergence_delta"]
     return merged
+
+
+def _target_tensor(index: int | None, probabilities: torch.Tensor) -> torch.Tensor:
+    """[N] class indices: each input's predicted class, or `index` for all of them."""
+    if index is None:
+        return probabilities.argmax(dim=1)
+    return torch.full((probabilities.shape[0],), index, dtype=torch.long)
 
 
 def as_base64(data: bytes) -> str:

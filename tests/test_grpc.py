@@ -353,3 +353,18 @@ def test_client_explains_rows_and_reports_errors(
         "integrated_gradients"] * 2
     assert glimpse_client.main(["predict", str(rows), "--model", "nope", "--address", address]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_several_targets_match_http(stub: pb_grpc.GlimpseStub, http: TestClient,
+                                    shapes_png: bytes) -> None:  # fmt: skip
+    body = http.post("/explanations/cnn", content=shapes_png, params={
+        "methods": "gradcam", "target": "square,cross", "overlay": "false"}).json()  # fmt: skip
+    request = pb.ExplainRequest(model="cnn", inputs=[image_input(shapes_png)],
+                                methods=["gradcam"], target="square,cross")  # fmt: skip
+    image = stub.Explain(request).explanations[0].image
+    assert [t.target.label for t in image.by_target] == ["square", "cross"]
+    for got, expected in zip(image.by_target, body["by_target"], strict=True):
+        [grid] = got.maps
+        values = np.reshape(grid.values, (grid.height, grid.width))
+        np.testing.assert_allclose(values, expected["explanations"]["gradcam"]["values"],
+                                   atol=1e-5)  # fmt: skip

@@ -95,3 +95,20 @@ def test_exif_orientation_is_applied(client: TestClient) -> None:
     data = png(image, format="JPEG", exif=exif.tobytes())
     heat = client.post("/heatmaps/cnn", content=data)
     assert Image.open(io.BytesIO(heat.content)).size == (30, 40)
+
+
+def test_several_targets_at_once(client: TestClient, shapes_png: bytes) -> None:
+    body = client.post("/explanations/cnn?methods=gradcam,integrated_gradients&steps=8"
+                       "&target=circle,2&overlay=false", content=shapes_png).json()  # fmt: skip
+    assert [t["target"]["label"] for t in body["by_target"]] == ["circle", "triangle"]
+    assert body["target"]["label"] == "circle"
+    assert body["explanations"] == body["by_target"][0]["explanations"]
+    for entry in body["by_target"]:
+        assert set(entry["explanations"]) == {"gradcam", "integrated_gradients"}
+        assert "convergence_delta" in entry["explanations"]["integrated_gradients"]
+    alone = client.post("/explanations/cnn?methods=gradcam&target=triangle&overlay=false",
+                        content=shapes_png).json()  # fmt: skip
+    assert alone["explanations"]["gradcam"] == body["by_target"][1]["explanations"]["gradcam"]
+    assert "by_target" not in alone
+    repeated = client.post("/explanations/cnn?target=circle,0", content=shapes_png)
+    assert repeated.status_code == 422 and "twice" in repeated.json()["message"]

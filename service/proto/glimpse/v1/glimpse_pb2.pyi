@@ -124,14 +124,24 @@ class Map(_message.Message):
     def __init__(self, method: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., signed: _Optional[bool] = ..., reduction: _Optional[str] = ..., overlay_png: _Optional[bytes] = ..., extras: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ImageExplanation(_message.Message):
-    __slots__ = ("prediction", "target", "maps")
+    __slots__ = ("prediction", "target", "maps", "by_target")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MAPS_FIELD_NUMBER: _ClassVar[int]
+    BY_TARGET_FIELD_NUMBER: _ClassVar[int]
     prediction: _containers.RepeatedCompositeFieldContainer[ClassProbability]
     target: Target
     maps: _containers.RepeatedCompositeFieldContainer[Map]
-    def __init__(self, prediction: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[Map, _Mapping]]] = ...) -> None: ...
+    by_target: _containers.RepeatedCompositeFieldContainer[TargetMaps]
+    def __init__(self, prediction: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[Map, _Mapping]]] = ..., by_target: _Optional[_Iterable[_Union[TargetMaps, _Mapping]]] = ...) -> None: ...
+
+class TargetMaps(_message.Message):
+    __slots__ = ("target", "maps")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
+    target: Target
+    maps: _containers.RepeatedCompositeFieldContainer[Map]
+    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[Map, _Mapping]]] = ...) -> None: ...
 
 class ColumnAttribution(_message.Message):
     __slots__ = ("column", "value")
