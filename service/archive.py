@@ -5,17 +5,15 @@ Example: ``handler = open_archive(Path("model_store/cnn.mar"), workdir).handler`
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
-import sys
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.handlers.base import GlimpseHandler
+from service.handlers.base import GlimpseHandler, import_file
 
 
 @dataclass
@@ -60,15 +58,9 @@ def open_archive(path: Path, workdir: Path) -> OpenedArchive:
 
 def _instantiate(handler_file: Path) -> GlimpseHandler:
     """Import the handler by path and build the one class it defines, as TorchServe does."""
-    module_name = f"glimpse_handler_{handler_file.stem}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, handler_file)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import the handler {handler_file}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    module = import_file(handler_file, "glimpse_handler")
     classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if c.__module__ == module_name]  # fmt: skip
+               if c.__module__ == module.__name__]  # fmt: skip
     if len(classes) != 1:
         raise ValueError(f"{handler_file} must define exactly one class, found {classes}")
     handler = classes[0]()

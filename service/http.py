@@ -7,7 +7,6 @@ their GlimpseError carries; nothing a client sends yields a 500.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -90,29 +89,29 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
     async def predictions(name: str, request: Request) -> Any:
         """Image bytes (raw body or multipart `data`) or JSON rows -> what TorchServe answers:
         an image's top classes, or a list with one predicted value per row."""
-        kind = runtime.get(name).handler.kind
-        results = await pipeline.predict(PredictRequest(name, await read_inputs(request, kind,
-                                                                                settings)))
-        return results if kind == "tabular" else results[0]
+        handler = runtime.get(name).handler
+        inputs = await read_inputs(request, handler, settings)
+        results = await pipeline.predict(PredictRequest(name, inputs))
+        return results if handler.kind == "tabular" else results[0]
 
     @app.post("/explanations/{name}")
     async def explanations(name: str, request: Request) -> Any:
         """Prediction + maps or attributions; `methods=a,b`, `target=`, method parameters."""
-        kind = runtime.get(name).handler.kind
-        inputs = await read_inputs(request, kind, settings)
-        explain = explain_request(name, inputs, request)
-        results, timings = await pipeline.explain(explain)
-        if kind == "tabular":
+        handler = runtime.get(name).handler
+        inputs = await read_inputs(request, handler, settings)
+        results, timings = await pipeline.explain(explain_request(name, inputs, request))
+        if handler.kind == "tabular":
             return {"model": name, "rows": results, "timings_ms": timings}
         return encode_image_explanation(name, results[0], timings)
 
     @app.post("/heatmaps/{name}")
     async def heatmaps(name: str, request: Request) -> Response:
         """Image in, PNG overlay of the same size out (`method=activation` by default)."""
-        if runtime.get(name).handler.kind != "image":
+        handler = runtime.get(name).handler
+        if handler.kind != "image":
             raise UnsupportedMediaType(f"{name} is not an image model; use /explanations/{name}")
-        inputs = await read_inputs(request, "image", settings)
-        png = await pipeline.heatmap(explain_request(name, inputs[:1], request))
+        inputs = await read_inputs(request, handler, settings)
+        png = await pipeline.heatmap(explain_request(name, inputs, request))
         return Response(png, media_type="image/png")
 
     @app.get("/metrics")
@@ -137,20 +136,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_inputs(request: Request, kind: str, settings: Settings) -> list[Any]:
-    """Image models: one image (raw body or multipart field `data`). Tabular: JSON rows."""
+async def read_inputs(request: Request, handler: Any, settings: Settings) -> list[Any]:
+    """Image models: one image (raw body or multipart field `data`). Tabular: JSON rows,
+    decoded by the handler exactly as inside TorchServe."""
     body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind == "tabular":
+    if handler.kind == "tabular":
         if content_type not in ("application/json", ""):
             raise UnsupportedMediaType(f"send rows as application/json, not {content_type}")
-        try:
-            rows = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadInput(f"the body is not valid JSON ({exc})") from None
-        rows = rows.get("rows", rows) if isinstance(rows, dict) and "rows" in rows else rows
-        rows = rows if isinstance(rows, list) else [rows]
-        return rows
+        return list(handler.decode(body))
     if content_type == "multipart/form-data":
         request._body = body  # let Starlette parse the body we already read and capped
         async with request.form() as form:

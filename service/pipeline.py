@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,6 @@ from service.errors import BadInput, SchemaError
 from service.explain import REGISTRY, Explainer, build
 from service.runtime import Model, Runtime
 from service.timing import Timings
-
-DEFAULT_METHOD = "activation"
 
 
 @dataclass
@@ -35,7 +33,7 @@ class PredictRequest:
 class ExplainRequest:
     model: str
     inputs: list[Any]
-    methods: list[str] = field(default_factory=list)  # empty: the model's default method
+    methods: list[str] = field(default_factory=list)  # empty: the handler's default_method
     target: str | None = None  # class names or indices, comma-separated; None: the predicted one
     params: dict[str, Any] = field(default_factory=dict)  # "param" or "method.param" -> value
     overlay: bool = True  # include overlay PNGs
@@ -102,9 +100,9 @@ class Pipeline:
         model = self.runtime.get(request.model)
         timings = Timings(model.name, self.metrics)
         _require_inputs(request.inputs)
+        explainers = self.explainers(model, request)  # validated before anything is queued
         if model.handler.kind == "tabular":
-            return await self._explain_rows(model, request, timings), timings.ms
-        explainers = self.explainers(model, request)
+            return await self._explain_rows(model, request.inputs, explainers, timings), timings.ms
         with timings.stage("decode"):
             inputs, images = await asyncio.to_thread(self._decode_images, model, request.inputs)
         capture = any(e.needs_activations for e in explainers.values())
@@ -118,8 +116,7 @@ class Pipeline:
                 targets = _target_tensor(index, result.probabilities)
                 run = _TargetRun(targets, {}, {})
                 for name, explainer in explainers.items():
-                    stage = "heatmap" if name == DEFAULT_METHOD else "attribution"
-                    with timings.stage(stage, method=name):
+                    with timings.stage(explainer.stage, method=name):
                         run.maps[name] = model.handler.explain(result, explainer, targets)
                     run.extras[name] = [explainer.extras(i) for i in range(len(targets))]
                 runs.append(run)
@@ -134,15 +131,15 @@ class Pipeline:
 
     async def heatmap(self, request: ExplainRequest) -> bytes:
         """The first requested method's overlay for the first image, as PNG bytes."""
-        request.overlay = True
-        results, _ = await self.explain(request)
-        first: ImageExplanation = results[0]
-        overlay: bytes = next(iter(first.maps.values()))["overlay_png"]
+        first_only = replace(request, inputs=request.inputs[:1], methods=request.methods[:1],
+                             overlay=True)  # fmt: skip
+        results, _ = await self.explain(first_only)
+        overlay: bytes = next(iter(results[0].maps.values()))["overlay_png"]
         return overlay
 
     def explainers(self, model: Model, request: ExplainRequest) -> dict[str, Explainer]:
         """Validated method instances, with "param" / "method.param" values routed to them."""
-        names = request.methods or [DEFAULT_METHOD]
+        names = request.methods or [model.handler.default_method]
         if len(set(names)) != len(names):
             raise SchemaError(f"methods lists a method twice: {names}")
         per_method = split_params(names, request.params)
@@ -217,23 +214,17 @@ class Pipeline:
             entry["overlay_png"] = render.png_bytes(render.overlay(image, grid, signed))
         return entry
 
-    async def _explain_rows(self, model: Model, request: ExplainRequest,
+    async def _explain_rows(self, model: Model, rows: list[Any], explainers: dict[str, Explainer],
                             timings: Timings) -> list[Any]:  # fmt: skip
-        names = request.methods or ["integrated_gradients"]
-        per_method = split_params(names, request.params)
-        for name in names:
-            build(model.handler.kind, name, per_method[name])  # validate before queueing
-
         def job() -> list[dict[str, Any]]:
             per_name = {}
-            for name in names:
-                with timings.stage("attribution", method=name):
-                    per_name[name] = model.handler.explain_rows(
-                        request.inputs, name, per_method[name])  # fmt: skip
-            return [_merge_rows(dict(zip(names, row, strict=True)))
+            for name, explainer in explainers.items():
+                with timings.stage(explainer.stage, method=name):
+                    per_name[name] = model.handler.explain_rows(rows, explainer)
+            return [_merge_rows(dict(zip(per_name, row, strict=True)))
                     for row in zip(*per_name.values(), strict=True)]  # fmt: skip
 
-        return list(await self._run(model, timings, job, len(request.inputs)))
+        return list(await self._run(model, timings, job, len(rows)))
 
 
 def split_params(methods: list[str], raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Score every image explanation method of a served archive on held-out generated shapes.
 
-`python -m training evaluate [model_store/cnn.mar] [-n 200]` loads the archive
-through glimpse's runtime (the code that serves it) and, for every registered
+`python -m training evaluate [model_store/cnn.mar] [-n 200]` opens the archive
+with the handler that serves it and, for every registered
 image method, measures:
 
 - pointing game: share of maps whose maximum (upsampled to the image) falls
@@ -18,6 +18,7 @@ method's overlay).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,10 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from service import render
+from service.archive import open_archive
 from service.explain import REGISTRY, build, methods_for
 from service.explain.base import blur
 from service.handlers.image import ImageHandler
-from service.runtime import Runtime
 from training.shapes import ShapesData, make_shapes
 
 EVAL_SEED = 20_000  # neither the training nor the training-time test seed
@@ -50,9 +51,8 @@ class Score:
 
 def evaluate_archive(archive: Path, n: int = 200, out: Path = Path("docs")) -> str:
     """Score every image method; write the table and the gallery; return the table."""
-    runtime = Runtime.load([archive])
-    try:
-        handler = next(iter(runtime.models.values())).handler
+    with tempfile.TemporaryDirectory() as workdir:
+        handler = open_archive(archive, Path(workdir)).handler
         if not isinstance(handler, ImageHandler):
             raise SystemExit(f"{archive} is not an image model")
         data = make_shapes(n, seed=EVAL_SEED, size=handler.size[0])
@@ -61,8 +61,6 @@ def evaluate_archive(archive: Path, n: int = 200, out: Path = Path("docs")) -> s
         (out / "evaluation.md").write_text(table + "\n")
         gallery(handler, data, maps).save(out / "gallery.png")
         return table + f"\n\nwrote {out / 'evaluation.md'} and {out / 'gallery.png'}"
-    finally:
-        runtime.close()
 
 
 def score_methods(handler: ImageHandler, data: ShapesData) -> tuple[str, dict[str, np.ndarray]]:

@@ -6,6 +6,7 @@ heatmap is scored by the pointing game), or an ImageFolder-style directory.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ def train_cnn(config: ImageConfig) -> Path:
         name=config.name, kind="image", model=model,
         architecture_file=Path(cnn_arch.__file__), architecture_args=args,
         metadata=metadata, out_dir=config.out,
-        extra_files={"index_to_name.json": _json(index_to_name)},
+        extra_files={"index_to_name.json": json.dumps(index_to_name, indent=2)},
     )  # fmt: skip
 
 
@@ -139,9 +140,3 @@ def format_evaluation(evaluation: dict[str, Any]) -> str:
     if "pointing_game_activation" in evaluation:
         lines.append(f"pointing game (activation): {evaluation['pointing_game_activation']:.2%}")
     return "\n".join(lines)
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, indent=2)

@@ -20,8 +20,24 @@ def fit_one_cycle(
     lr: float = 3e-3,
     weight_decay: float = 1e-2,
     desc: str = "fit",
+    threads: int | None = None,
 ) -> list[float]:
-    """Train `model` in place; `batches(epoch)` yields (inputs, targets). Returns epoch losses."""
+    """Train `model` in place; `batches(epoch)` yields (inputs, targets). Returns epoch losses.
+
+    `threads` sets torch's intra-op threads for this fit only (None: leave them as they are).
+    """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _fit(model, batches, steps_per_epoch, epochs, loss_fn, lr, weight_decay, desc)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int,
+         epochs: int, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr: float,
+         weight_decay: float, desc: str) -> list[float]:  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch

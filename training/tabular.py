@@ -220,13 +220,10 @@ def fit(model: tabular_arch.TabularModel, x: tuple[np.ndarray, np.ndarray], y: t
             index = order[i * config.batch_size : (i + 1) * config.batch_size]
             yield (codes[index], cont[index]), y[index]
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small MLP gains little from threads and loses a lot on busy cores
-    try:
-        fit_one_cycle(Packed(model), batches, steps, config.epochs, F.mse_loss, lr=config.lr,
-                      weight_decay=config.weight_decay, desc=f"training {config.name}")  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    # A small MLP gains little from threads and loses a lot on busy cores: one thread.
+    fit_one_cycle(Packed(model), batches, steps, config.epochs, F.mse_loss, lr=config.lr,
+                  weight_decay=config.weight_decay, desc=f"training {config.name}",
+                  threads=1)  # fmt: skip
 
 
 # -- evaluation ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ class Activation(Explainer):
     signed = False
     reduction = "mean over the last conv block's channels"
     needs_activations = True
+    stage = "heatmap"
     summary = "Channel-averaged activations of the last conv block (no extra pass)."
 
     def attribute(self, batch: ImageBatch) -> torch.Tensor:

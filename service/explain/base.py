@@ -99,6 +99,7 @@ class Explainer:
     reduction: ClassVar[str] = "sum over colour channels"
     kinds: ClassVar[frozenset[str]] = frozenset({"image"})
     needs_activations: ClassVar[bool] = False
+    stage: ClassVar[str] = "attribution"  # its label in glimpse_stage_duration_seconds
     params: ClassVar[dict[str, Param]] = {}
     summary: ClassVar[str] = ""
 

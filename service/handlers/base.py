@@ -15,6 +15,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -24,16 +25,22 @@ FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 
 
-def load_architecture(model_dir: Path, architecture: dict[str, Any]) -> nn.Module:
-    """Import `architecture["file"]` from `model_dir` under a unique name; build its class."""
-    path = model_dir / architecture["file"]
-    module_name = f"glimpse_arch_{path.stem}_{uuid.uuid4().hex[:8]}"
+def import_file(path: Path, prefix: str) -> ModuleType:
+    """Import a file shipped in an archive under a unique module name (`prefix_<stem>_<id>`),
+    so two archives' `model.py` or handler files never shadow each other."""
+    module_name = f"{prefix}_{path.stem}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot import the architecture file {path}")
+        raise ValueError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look modules up here
     spec.loader.exec_module(module)
+    return module
+
+
+def load_architecture(model_dir: Path, architecture: dict[str, Any]) -> nn.Module:
+    """Import `architecture["file"]` from `model_dir`; build its class with its arguments."""
+    module = import_file(model_dir / architecture["file"], "glimpse_arch")
     model_class = getattr(module, architecture["class"])
     model: nn.Module = model_class(**architecture.get("args", {}))
     return model
@@ -43,6 +50,7 @@ class GlimpseHandler:
     """Loads `metadata.json`, the architecture file and the state_dict from an unpacked archive."""
 
     kind = "base"
+    default_method = ""  # the explanation method used when a request names none
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
@@ -51,7 +59,6 @@ class GlimpseHandler:
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
-        torch.set_grad_enabled(True)  # explanations need gradients; forward passes use no_grad
         self.model_dir = Path(context.system_properties["model_dir"])
         self.metadata = json.loads((self.model_dir / METADATA_FILE).read_text())
         version = self.metadata.get("format_version")

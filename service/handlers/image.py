@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.explain import Explainer, ImageBatch, build
+from service.explain import Explainer, ImageBatch
 from service.handlers.base import GlimpseHandler, request_payload
 from service.hooks import capture_output, find_layer
 from service.imaging import DEFAULT_MAX_PIXELS, decode_image
@@ -36,6 +36,7 @@ class ImageHandler(GlimpseHandler):
     """Classifies images and explains the answers. Metadata: classes, input size, mean/std."""
 
     kind = "image"
+    default_method = "activation"
     max_pixels = DEFAULT_MAX_PIXELS
 
     def setup(self) -> None:
@@ -89,12 +90,10 @@ class ImageHandler(GlimpseHandler):
             for row_v, row_i in zip(values, indices, strict=True)
         ]
 
-    def explain(self, result: Inference, explainer: Explainer | str,
+    def explain(self, result: Inference, explainer: Explainer,
                 targets: torch.Tensor) -> np.ndarray:  # fmt: skip
-        """[N, h, w] map of `explainer` (an instance or a method name) for each input's target."""
+        """[N, h, w] map of `explainer` for each input's target."""
         assert self.model is not None
-        if isinstance(explainer, str):
-            explainer = build(self.kind, explainer, {})
         batch = ImageBatch(self.model, self.layer, result.inputs, targets, result.activations,
                            self.tail)  # fmt: skip
         return explainer.explain(batch)

@@ -20,7 +20,7 @@ import torch
 
 from service.errors import BadInput
 from service.explain import build
-from service.explain.base import TabularBatch
+from service.explain.base import Explainer, TabularBatch
 from service.handlers.base import GlimpseHandler, request_payload
 from service.procs import TabularProcs, read_rows
 
@@ -31,6 +31,7 @@ class TabularHandler(GlimpseHandler):
     """Predicts a target from rows of raw columns. Metadata: procs, target, reference rows."""
 
     kind = "tabular"
+    default_method = "integrated_gradients"
 
     def setup(self) -> None:
         meta = self.metadata
@@ -53,12 +54,14 @@ class TabularHandler(GlimpseHandler):
 
     # -- the stages, each usable on its own --------------------------------------------------
     def decode(self, payload: Any) -> list[Row]:
-        """A JSON object or list of objects (bytes, str or already decoded) -> rows."""
+        """A JSON object, a list of them or {"rows": [...]} (bytes, str or decoded) -> rows."""
         if isinstance(payload, bytes | bytearray | str):
             try:
                 payload = json.loads(payload)
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 raise BadInput(f"the body is not JSON: {error}") from None
+        if isinstance(payload, Mapping) and isinstance(payload.get("rows"), list):
+            return list(payload["rows"])
         if isinstance(payload, Mapping):
             return [payload]
         if isinstance(payload, list):
@@ -82,15 +85,16 @@ class TabularHandler(GlimpseHandler):
             return []
         return torch.exp(self.forward(rows).double()).tolist()
 
-    def explain_rows(self, rows: Sequence[Row], method: str = "integrated_gradients",
+    def explain_rows(self, rows: Sequence[Row], method: Explainer | str = "integrated_gradients",
                      params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """Per row: prediction, base_value, attributions per raw column, convergence_delta.
 
+        `method` is a built explainer (the pipeline's) or a method name with `params`.
         Attributions live in log space: base_value + sum(attributions) = log(prediction).
         """
         if not rows:
             return []
-        explainer = build(self.kind, method, params or {})
+        explainer = build(self.kind, method, params or {}) if isinstance(method, str) else method
         codes, cont = self.preprocess(rows)
         with torch.no_grad():
             embedded = self.net.embed(codes)
