@@ -31,8 +31,9 @@ from training.shapes import make_shapes  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model-store", type=Path, default=Path("model_store"))
     parser.add_argument("--calls", type=int, default=25)
     parser.add_argument("--size", type=int, default=224, help="side of the test image in pixels")
@@ -45,9 +46,22 @@ def main() -> None:
     body = buffer.getvalue()
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model-store", str(args.model_store),
-         "--models", "cnn", "--http-port", str(port), "--no-grpc"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--model-store",
+            str(args.model_store),
+            "--models",
+            "cnn",
+            "--http-port",
+            str(port),
+            "--no-grpc",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait(base)
@@ -64,11 +78,15 @@ def main() -> None:
     medians = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
     report = _table(medians, args) + (
         f"\n\nintegrated_gradients at its default 50 steps: convergence delta {delta:.2e} "
-        "(logit units, this image)")
+        "(logit units, this image)"
+    )
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"median_ms": medians, "calls": args.calls,
-                                    "ig_convergence_delta": delta}, indent=2))  # fmt: skip
+    args.out.write_text(
+        json.dumps(
+            {"median_ms": medians, "calls": args.calls, "ig_convergence_delta": delta}, indent=2
+        )
+    )
     _write_readme(args.readme, report)
 
 
@@ -79,8 +97,9 @@ def _write_readme(readme: Path, report: str) -> None:
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     stamp = time.strftime("%Y-%m-%d")
-    readme.write_text(f"{head}{begin}\nMeasured {stamp} by `python bench/explain.py`:\n\n"
-                      f"{report}\n{end}{tail}")  # fmt: skip
+    readme.write_text(
+        f"{head}{begin}\nMeasured {stamp} by `python bench/explain.py`:\n\n{report}\n{end}{tail}"
+    )
 
 
 def _measure(cases: dict[str, str], body: bytes, calls: int) -> dict[str, list[float]]:
@@ -98,8 +117,12 @@ def _measure(cases: dict[str, str], body: bytes, calls: int) -> dict[str, list[f
 
 def _table(medians: dict[str, float], args: argparse.Namespace) -> str:
     plain = medians["predictions"]
-    lines = [f"image {args.size}x{args.size} PNG, median of {args.calls} calls each, interleaved",
-             "", "| call | median ms | ratio to /predictions |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        f"image {args.size}x{args.size} PNG, median of {args.calls} calls each, interleaved",
+        "",
+        "| call | median ms | ratio to /predictions |",
+        "|---|---|---|",
+    ]
     for name, ms in medians.items():
         lines.append(f"| {name} | {ms:.1f} | {ms / plain:.2f} |")
     return "\n".join(lines)

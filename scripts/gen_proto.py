@@ -27,8 +27,15 @@ def generate(out: Path) -> list[Path]:
     """Run protoc (Python, .pyi and gRPC outputs) into `out`; return the files written."""
     out.mkdir(parents=True, exist_ok=True)
     well_known = str(resources.files("grpc_tools") / "_proto")
-    args = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={out}",
-            f"--pyi_out={out}", f"--grpc_python_out={out}", *PROTOS]  # fmt: skip
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *PROTOS,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {PROTOS}")
     written = []

@@ -34,17 +34,26 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     models = tuple(args.models.split(",")) if args.models else None
     try:
         return Settings.from_env(
-            os.environ, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-            model_store=args.model_store, models=models, max_body_bytes=args.max_body_bytes,
-            grpc=False if args.no_grpc else None)  # fmt: skip
+            os.environ,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            model_store=args.model_store,
+            models=models,
+            max_body_bytes=args.max_body_bytes,
+            grpc=False if args.no_grpc else None,
+        )
     except ConfigError as exc:
         parser.error(str(exc))
         raise
 
 
 async def serve(settings: Settings) -> None:
-    runtime = Runtime.load(settings.archives(), max_queue=settings.max_queue,
-                           max_image_pixels=settings.max_image_pixels)  # fmt: skip
+    runtime = Runtime.load(
+        settings.archives(),
+        max_queue=settings.max_queue,
+        max_image_pixels=settings.max_image_pixels,
+    )
     for model in runtime.models.values():
         log.info("loaded %s (%s) in %.2f s", model.name, model.handler.kind, model.load_seconds)
     pipeline = Pipeline(runtime)

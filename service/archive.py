@@ -26,8 +26,12 @@ class Context:
     system_properties: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.system_properties = {"model_dir": self.model_dir, "gpu_id": None,
-                                  "batch_size": 1, **self.system_properties}  # fmt: skip
+        self.system_properties = {
+            "model_dir": self.model_dir,
+            "gpu_id": None,
+            "batch_size": 1,
+            **self.system_properties,
+        }
 
 
 @dataclass
@@ -59,8 +63,9 @@ def open_archive(path: Path, workdir: Path) -> OpenedArchive:
 def _instantiate(handler_file: Path) -> GlimpseHandler:
     """Import the handler by path and build the one class it defines, as TorchServe does."""
     module = import_file(handler_file, "glimpse_handler")
-    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if c.__module__ == module.__name__]  # fmt: skip
+    classes = [
+        c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__
+    ]
     if len(classes) != 1:
         raise ValueError(f"{handler_file} must define exactly one class, found {classes}")
     handler = classes[0]()

@@ -27,15 +27,22 @@ MAX_MESSAGE = 64 * 1024 * 1024  # the server's limit is what counts; the client 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m service.client", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        prog="python -m service.client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["predict", "explain"])
     parser.add_argument("input", type=Path, help="an image file, or a .json file of rows")
     parser.add_argument("--model", default="cnn", help="model name (default cnn)")
     parser.add_argument("--methods", default="", help="explanation methods, comma-separated")
     parser.add_argument("--target", default="", help="class to explain, by name or index")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="method parameter, e.g. steps=32 or gradcam.relu=0 (repeatable)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="method parameter, e.g. steps=32 or gradcam.relu=0 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="explain: write the first map's overlay PNG")
     parser.add_argument("--address", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
@@ -67,8 +74,10 @@ def encode_value(value: Any) -> pb.Value:
 def call(args: argparse.Namespace) -> Message:
     """Send the request the arguments describe; return the reply."""
     inputs = read_inputs(args.input)
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-               ("grpc.max_send_message_length", MAX_MESSAGE)]  # fmt: skip
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
     with grpc.insecure_channel(args.address, options=options) as channel:
         stub = pb_grpc.GlimpseStub(channel)
         if args.command == "predict":
@@ -77,9 +86,14 @@ def call(args: argparse.Namespace) -> Message:
             return reply
         params = dict(param.split("=", 1) for param in args.param if "=" in param)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        explain = pb.ExplainRequest(model=args.model, inputs=inputs, methods=methods,
-                                    target=args.target, params=params,
-                                    include_overlay=args.out is not None)  # fmt: skip
+        explain = pb.ExplainRequest(
+            model=args.model,
+            inputs=inputs,
+            methods=methods,
+            target=args.target,
+            params=params,
+            include_overlay=args.out is not None,
+        )
         reply = stub.Explain(explain, timeout=args.timeout)
         return reply
 

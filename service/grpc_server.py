@@ -39,12 +39,19 @@ T = TypeVar("T")
 async def start_grpc(settings: Settings, pipeline: Pipeline) -> grpc.aio.Server:
     """Bind settings.host:settings.grpc_port, start serving and return the started server."""
     limit = settings.max_body_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit)])  # fmt: skip
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
     pb_grpc.add_GlimpseServicer_to_server(GlimpseServicer(pipeline), server)
     health_pb2_grpc.add_HealthServicer_to_server(await serving_health(pipeline), server)
-    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME)  # fmt: skip
+    names = (
+        SERVICE,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
     reflection.enable_server_reflection(names, server)
     address = f"{_host(settings.host)}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:
@@ -79,28 +86,35 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
         self.runtime = pipeline.runtime
         self.metrics = pipeline.metrics
 
-    async def Predict(self, request: pb.PredictRequest,
-                      context: grpc.aio.ServicerContext) -> pb.PredictResponse:  # fmt: skip
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictResponse:
         return await self._unary(context, "Predict", request.model, self._predict(request))
 
-    async def Explain(self, request: pb.ExplainRequest,
-                      context: grpc.aio.ServicerContext) -> pb.ExplainResponse:  # fmt: skip
+    async def Explain(
+        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainResponse:
         return await self._unary(context, "Explain", request.model, self._explain(request))
 
-    async def ListModels(self, request: pb.ListModelsRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:  # fmt: skip
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         return await self._unary(context, "ListModels", "", self._list_models())
 
-    async def GetModel(self, request: pb.GetModelRequest,
-                       context: grpc.aio.ServicerContext) -> pb.ModelInfo:  # fmt: skip
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
         return await self._unary(context, "GetModel", request.name, self._get_model(request.name))
 
-    async def StreamExplain(self, requests: AsyncIterator[pb.StreamExplainRequest],
-                            context: grpc.aio.ServicerContext,
-                            ) -> AsyncIterator[pb.StreamExplainResponse]:  # fmt: skip
+    async def StreamExplain(
+        self,
+        requests: AsyncIterator[pb.StreamExplainRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamExplainResponse]:
         """Explain each input as it arrives, a few at a time; answer in arrival order."""
         window: asyncio.Queue[asyncio.Task[pb.StreamExplainResponse] | None] = asyncio.Queue(
-            STREAM_WINDOW)
+            STREAM_WINDOW
+        )
         models: list[str] = []
 
         async def feed() -> None:
@@ -129,8 +143,9 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
         model = self.runtime.get(request.model)
         inputs = decode_inputs(model, request.inputs)
         results = await self.pipeline.predict(PredictRequest(model.name, inputs))
-        return pb.PredictResponse(model=model.name,
-                                  predictions=[encode_prediction(r) for r in results])  # fmt: skip
+        return pb.PredictResponse(
+            model=model.name, predictions=[encode_prediction(r) for r in results]
+        )
 
     async def _explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
         model = self.runtime.get(request.model)
@@ -146,9 +161,11 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
     async def _get_model(self, name: str) -> pb.ModelInfo:
         return model_info(self.runtime.get(name).describe(), full=True)
 
-    async def _stream_item(self, item: pb.StreamExplainRequest,
-                           context: grpc.aio.ServicerContext,
-                           ) -> pb.StreamExplainResponse:  # fmt: skip
+    async def _stream_item(
+        self,
+        item: pb.StreamExplainRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.StreamExplainResponse:
         try:
             model = self.runtime.get(item.model)
             inputs = decode_inputs(model, [item.input])
@@ -157,15 +174,18 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
         except Exception as exc:  # noqa: BLE001 - one input's error is that input's result
             status, message = grpc_status(exc)
             reason = exc.code if isinstance(exc, GlimpseError) else status.name.lower()
-            error = pb.Error(code=status.value[0], status=status.name, reason=reason,
-                             message=message)  # fmt: skip
+            error = pb.Error(
+                code=status.value[0], status=status.name, reason=reason, message=message
+            )
             return pb.StreamExplainResponse(id=item.id, error=error)
-        return pb.StreamExplainResponse(id=item.id, timings_ms=timings,
-                                        explanation=encode_explanation(results[0]))  # fmt: skip
+        return pb.StreamExplainResponse(
+            id=item.id, timings_ms=timings, explanation=encode_explanation(results[0])
+        )
 
     # -- what every RPC shares: deadline, error mapping, metrics ------------------------------
-    async def _unary(self, context: grpc.aio.ServicerContext, method: str, model: str,
-                     work: Awaitable[T]) -> T:  # fmt: skip
+    async def _unary(
+        self, context: grpc.aio.ServicerContext, method: str, model: str, work: Awaitable[T]
+    ) -> T:
         """Await `work` within the client's deadline; failures become the mapped status."""
         with self._observed(method, [model]) as outcome:
             try:
@@ -189,8 +209,13 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
         finally:
             self.metrics.inflight.labels("grpc").dec()
             model = models[0] if models else ""
-            self.metrics.observe_request(model, f"/{SERVICE}/{method}", "grpc", outcome["code"],
-                                         time.perf_counter() - started)  # fmt: skip
+            self.metrics.observe_request(
+                model,
+                f"/{SERVICE}/{method}",
+                "grpc",
+                outcome["code"],
+                time.perf_counter() - started,
+            )
 
 
 # -- decoding: protos -> the pipeline's requests ---------------------------------------------
@@ -202,11 +227,15 @@ def decode_inputs(model: Model, inputs: Iterable[pb.Input]) -> list[Any]:
 def decode_input(model: Model, index: int, item: pb.Input) -> Any:
     kind, which = model.handler.kind, item.WhichOneof("kind")
     if kind == "image" and which != "image":
-        raise BadInput(f"input {index}: {model.name} is an image model; "
-                       "set Input.image to the image file's bytes")  # fmt: skip
+        raise BadInput(
+            f"input {index}: {model.name} is an image model; "
+            "set Input.image to the image file's bytes"
+        )
     if kind == "tabular" and which != "row":
-        raise BadInput(f"input {index}: {model.name} is a tabular model; "
-                       "set Input.row to the row's column values")  # fmt: skip
+        raise BadInput(
+            f"input {index}: {model.name} is a tabular model; "
+            "set Input.row to the row's column values"
+        )
     if which == "image" and not item.image:
         raise BadInput(f"input {index}: Input.image is empty; set it to the image file's bytes")
     if which == "image":
@@ -223,11 +252,19 @@ def decode_value(value: pb.Value) -> str | float | None:
     return None
 
 
-def explain_request(model: Model, inputs: list[Any],
-                    request: pb.ExplainRequest | pb.StreamExplainRequest,
-                    ) -> ExplainRequest:  # fmt: skip
-    return ExplainRequest(model.name, inputs, list(request.methods), request.target or None,
-                          dict(request.params), request.include_overlay)  # fmt: skip
+def explain_request(
+    model: Model,
+    inputs: list[Any],
+    request: pb.ExplainRequest | pb.StreamExplainRequest,
+) -> ExplainRequest:
+    return ExplainRequest(
+        model.name,
+        inputs,
+        list(request.methods),
+        request.target or None,
+        dict(request.params),
+        request.include_overlay,
+    )
 
 
 # -- encoding: the pipeline's results -> protos -----------------------------------------------
@@ -244,20 +281,34 @@ def encode_classes(probabilities: dict[str, float]) -> list[pb.ClassProbability]
 
 def encode_explanation(result: ImageExplanation | dict[str, Any]) -> pb.Explanation:
     if isinstance(result, ImageExplanation):
-        by_target = [pb.TargetMaps(target=pb.Target(**target), maps=encode_maps(maps))
-                     for target, maps in result.by_target]  # fmt: skip
-        return pb.Explanation(image=pb.ImageExplanation(
-            prediction=encode_classes(result.prediction), target=pb.Target(**result.target),
-            maps=encode_maps(result.maps), by_target=by_target))  # fmt: skip
+        by_target = [
+            pb.TargetMaps(target=pb.Target(**target), maps=encode_maps(maps))
+            for target, maps in result.by_target
+        ]
+        return pb.Explanation(
+            image=pb.ImageExplanation(
+                prediction=encode_classes(result.prediction),
+                target=pb.Target(**result.target),
+                maps=encode_maps(result.maps),
+                by_target=by_target,
+            )
+        )
     deltas = result["convergence_delta"]
     attributions = [
-        pb.Attributions(method=method, convergence_delta=deltas.get(method),
-                        columns=[pb.ColumnAttribution(column=c, value=v) for c, v in by.items()])
+        pb.Attributions(
+            method=method,
+            convergence_delta=deltas.get(method),
+            columns=[pb.ColumnAttribution(column=c, value=v) for c, v in by.items()],
+        )
         for method, by in result["attributions"].items()
-    ]  # fmt: skip
-    return pb.Explanation(row=pb.RowExplanation(
-        prediction=result["prediction"], base_value=result["base_value"],
-        attributions=attributions))  # fmt: skip
+    ]
+    return pb.Explanation(
+        row=pb.RowExplanation(
+            prediction=result["prediction"],
+            base_value=result["base_value"],
+            attributions=attributions,
+        )
+    )
 
 
 def encode_maps(maps: dict[str, dict[str, Any]]) -> list[pb.Map]:
@@ -268,20 +319,37 @@ def encode_map(method: str, entry: dict[str, Any]) -> pb.Map:
     """One method's [h, w] map, flattened row-major, with its overlay and extras."""
     extras = struct_pb2.Struct()
     extras.update(_jsonable({k: v for k, v in entry.items() if k not in MAP_KEYS}))
-    return pb.Map(method=method, height=entry["height"], width=entry["width"],
-                  values=[v for row in entry["values"] for v in row], signed=entry["signed"],
-                  reduction=entry["reduction"], overlay_png=entry.get("overlay_png", b""),
-                  extras=extras)  # fmt: skip
+    return pb.Map(
+        method=method,
+        height=entry["height"],
+        width=entry["width"],
+        values=[v for row in entry["values"] for v in row],
+        signed=entry["signed"],
+        reduction=entry["reduction"],
+        overlay_png=entry.get("overlay_png", b""),
+        extras=extras,
+    )
 
 
 def model_info(description: dict[str, Any], full: bool = False) -> pb.ModelInfo:
     """The typed essentials of `Model.describe()`; with `full`, all of it as a Struct."""
-    methods = [pb.Method(name=m["name"], signed=m["signed"], reduction=m["reduction"],
-                         summary=m["summary"], params=list(m["params"]))
-               for m in description["explanations"]]  # fmt: skip
-    info = pb.ModelInfo(name=description["name"], kind=description["kind"],
-                        classes=description.get("classes", []),
-                        target=description.get("target", ""), methods=methods)  # fmt: skip
+    methods = [
+        pb.Method(
+            name=m["name"],
+            signed=m["signed"],
+            reduction=m["reduction"],
+            summary=m["summary"],
+            params=list(m["params"]),
+        )
+        for m in description["explanations"]
+    ]
+    info = pb.ModelInfo(
+        name=description["name"],
+        kind=description["kind"],
+        classes=description.get("classes", []),
+        target=description.get("target", ""),
+        methods=methods,
+    )
     if full:
         info.description.update(_jsonable(description))
     return info

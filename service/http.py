@@ -34,8 +34,9 @@ ROUTE_PARAMS = {"methods", "method", "target", "overlay"}
 
 def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
     """The FastAPI app for `pipeline`. Example: ``TestClient(create_app(Settings(), p))``."""
-    app = FastAPI(title="glimpse", version=__version__,
-                  description="Predictions with the reasons for them.")  # fmt: skip
+    app = FastAPI(
+        title="glimpse", version=__version__, description="Predictions with the reasons for them."
+    )
     runtime, metrics = pipeline.runtime, pipeline.metrics
 
     @app.middleware("http")
@@ -154,7 +155,8 @@ async def read_inputs(request: Request, handler: Any, settings: Settings) -> lis
             return [await field.read()]
     if content_type == "application/json" or content_type.startswith("text/"):
         raise UnsupportedMediaType(
-            f"send the image file's bytes (e.g. image/png), not {content_type}")
+            f"send the image file's bytes (e.g. image/png), not {content_type}"
+        )
     return [body]
 
 
@@ -167,19 +169,29 @@ def explain_request(name: str, inputs: list[Any], request: Request) -> ExplainRe
     return ExplainRequest(name, inputs, methods, query.get("target"), params, overlay)
 
 
-def encode_image_explanation(name: str, result: ImageExplanation,
-                             timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
-    body: dict[str, Any] = {"model": name, "target": result.target, "prediction": result.prediction,
-            "explanations": _json_maps(result.maps), "timings_ms": timings}  # fmt: skip
+def encode_image_explanation(
+    name: str, result: ImageExplanation, timings: dict[str, float]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": name,
+        "target": result.target,
+        "prediction": result.prediction,
+        "explanations": _json_maps(result.maps),
+        "timings_ms": timings,
+    }
     if result.by_target:
-        body["by_target"] = [{"target": target, "explanations": _json_maps(maps)}
-                             for target, maps in result.by_target]  # fmt: skip
+        body["by_target"] = [
+            {"target": target, "explanations": _json_maps(maps)}
+            for target, maps in result.by_target
+        ]
     return body
 
 
 def _json_maps(maps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {method: {k: as_base64(v) if k == "overlay_png" else v for k, v in entry.items()}
-            for method, entry in maps.items()}  # fmt: skip
+    return {
+        method: {k: as_base64(v) if k == "overlay_png" else v for k, v in entry.items()}
+        for method, entry in maps.items()
+    }
 
 
 def _summary(description: dict[str, Any]) -> dict[str, Any]:

@@ -39,26 +39,50 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.request_duration = Histogram(
-            "glimpse_request_duration_seconds", "Time from request received to response sent.",
-            ["model", "route", "protocol", "code"], buckets=BUCKETS, registry=r)  # fmt: skip
+            "glimpse_request_duration_seconds",
+            "Time from request received to response sent.",
+            ["model", "route", "protocol", "code"],
+            buckets=BUCKETS,
+            registry=r,
+        )
         self.stage_duration = Histogram(
-            "glimpse_stage_duration_seconds", "Time spent in one pipeline stage.",
-            ["model", "stage", "method"], buckets=BUCKETS, registry=r)  # fmt: skip
+            "glimpse_stage_duration_seconds",
+            "Time spent in one pipeline stage.",
+            ["model", "stage", "method"],
+            buckets=BUCKETS,
+            registry=r,
+        )
         self.requests = Counter(
-            "glimpse_requests", "Requests answered, by status code.",
-            ["model", "route", "protocol", "code"], registry=r)  # fmt: skip
+            "glimpse_requests",
+            "Requests answered, by status code.",
+            ["model", "route", "protocol", "code"],
+            registry=r,
+        )
         self.inflight = Gauge(
-            "glimpse_inflight_requests", "Requests being handled now.", ["protocol"], registry=r)
+            "glimpse_inflight_requests", "Requests being handled now.", ["protocol"], registry=r
+        )
         self.batch_size = Histogram(
-            "glimpse_batch_size", "Inputs per forward pass.", ["model"],
-            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)  # fmt: skip
+            "glimpse_batch_size",
+            "Inputs per forward pass.",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "glimpse_queue_depth", "Jobs waiting in front of a model.", ["model"], registry=r)
+            "glimpse_queue_depth", "Jobs waiting in front of a model.", ["model"], registry=r
+        )
         self.model_load = Gauge(
-            "glimpse_model_load_seconds", "Time to open and initialize an archive.", ["model"],
-            registry=r)  # fmt: skip
-        build = Gauge("glimpse_build_info", "Versions of glimpse and its engine (value 1).",
-                      ["version", "torch", "python"], registry=r)  # fmt: skip
+            "glimpse_model_load_seconds",
+            "Time to open and initialize an archive.",
+            ["model"],
+            registry=r,
+        )
+        build = Gauge(
+            "glimpse_build_info",
+            "Versions of glimpse and its engine (value 1).",
+            ["version", "torch", "python"],
+            registry=r,
+        )
         build.labels(__version__, torch.__version__, platform.python_version()).set(1)
 
     def model_label(self, model: str) -> str:
@@ -67,15 +91,17 @@ class Metrics:
     def method_label(self, method: str) -> str:
         return method if method in self.methods or method == "" else "_unknown"
 
-    def observe_request(self, model: str, route: str, protocol: str, code: str,
-                        seconds: float) -> None:  # fmt: skip
+    def observe_request(
+        self, model: str, route: str, protocol: str, code: str, seconds: float
+    ) -> None:
         labels = (self.model_label(model), route, protocol, code)
         self.request_duration.labels(*labels).observe(seconds)
         self.requests.labels(*labels).inc()
 
     def observe_stage(self, model: str, stage: str, seconds: float, method: str = "") -> None:
         self.stage_duration.labels(
-            self.model_label(model), stage, self.method_label(method)).observe(seconds)
+            self.model_label(model), stage, self.method_label(method)
+        ).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,8 +49,7 @@ class ImageExplanation:
     target: dict[str, Any]
     maps: dict[str, dict[str, Any]]
     image: Any = None
-    by_target: list[tuple[dict[str, Any], dict[str, dict[str, Any]]]] = field(
-        default_factory=list)
+    by_target: list[tuple[dict[str, Any], dict[str, dict[str, Any]]]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +78,7 @@ class Pipeline:
         timings = Timings(model.name, self.metrics)
         _require_inputs(request.inputs)
         if model.handler.kind == "tabular":
+
             def predict_rows() -> Any:
                 with timings.stage("inference"):
                     return model.handler.predict_rows(request.inputs)
@@ -125,14 +125,15 @@ class Pipeline:
         probabilities, runs = await self._run(model, timings, job, len(request.inputs))
         with timings.stage("encode"):
             results = await asyncio.to_thread(
-                self._encode_images, model, images, probabilities, runs, explainers,
-                request.overlay)  # fmt: skip
+                self._encode_images, model, images, probabilities, runs, explainers, request.overlay
+            )
         return results, timings.ms
 
     async def heatmap(self, request: ExplainRequest) -> bytes:
         """The first requested method's overlay for the first image, as PNG bytes."""
-        first_only = replace(request, inputs=request.inputs[:1], methods=request.methods[:1],
-                             overlay=True)  # fmt: skip
+        first_only = replace(
+            request, inputs=request.inputs[:1], methods=request.methods[:1], overlay=True
+        )
         results, _ = await self.explain(first_only)
         overlay: bytes = next(iter(results[0].maps.values()))["overlay_png"]
         return overlay
@@ -158,8 +159,10 @@ class Pipeline:
             elif name.isdigit() and int(name) < len(classes):
                 indices.append(int(name))
             else:
-                raise SchemaError(f"target {name!r} is neither a class of {model.name} "
-                                  f"({classes}) nor an index below {len(classes)}")  # fmt: skip
+                raise SchemaError(
+                    f"target {name!r} is neither a class of {model.name} "
+                    f"({classes}) nor an index below {len(classes)}"
+                )
         if len(set(indices)) != len(indices):
             raise SchemaError(f"target names a class twice: {target!r}")
         return indices
@@ -180,49 +183,72 @@ class Pipeline:
         return model.handler.preprocess(images), images
 
     def _encode_images(
-        self, model: Model, images: list[Any], probabilities: torch.Tensor,
-        runs: list[_TargetRun], explainers: dict[str, Explainer], overlay: bool,
-    ) -> list[ImageExplanation]:  # fmt: skip
+        self,
+        model: Model,
+        images: list[Any],
+        probabilities: torch.Tensor,
+        runs: list[_TargetRun],
+        explainers: dict[str, Explainer],
+        overlay: bool,
+    ) -> list[ImageExplanation]:
         predictions = model.handler.top_classes(probabilities)
         results = []
         for i, image in enumerate(images):
             per_target = []
             for run in runs:
                 index = int(run.targets[i])
-                target = {"index": index, "label": model.handler.classes[index],
-                          "probability": float(probabilities[i, index])}  # fmt: skip
-                encoded = {name: self._encode_map(image, grids[i], explainers[name],
-                                                  run.extras[name][i], overlay)
-                           for name, grids in run.maps.items()}  # fmt: skip
+                target = {
+                    "index": index,
+                    "label": model.handler.classes[index],
+                    "probability": float(probabilities[i, index]),
+                }
+                encoded = {
+                    name: self._encode_map(
+                        image, grids[i], explainers[name], run.extras[name][i], overlay
+                    )
+                    for name, grids in run.maps.items()
+                }
                 per_target.append((target, encoded))
             target, encoded = per_target[0]
             by_target = per_target if len(per_target) > 1 else []
             results.append(ImageExplanation(predictions[i], target, encoded, image, by_target))
         return results
 
-    def _encode_map(self, image: Any, grid: np.ndarray, explainer: Explainer,
-                    extras: dict[str, Any], overlay: bool) -> dict[str, Any]:  # fmt: skip
+    def _encode_map(
+        self,
+        image: Any,
+        grid: np.ndarray,
+        explainer: Explainer,
+        extras: dict[str, Any],
+        overlay: bool,
+    ) -> dict[str, Any]:
         """One normalised map as numbers, with its extras and optionally its overlay PNG."""
         signed = explainer.signed
         grid = render.normalise(grid, signed)
         entry: dict[str, Any] = {
-            "height": grid.shape[0], "width": grid.shape[1],
-            "values": np.round(grid, 6).tolist(), "signed": signed,
-            "reduction": explainer.reduction, **extras,
-        }  # fmt: skip
+            "height": grid.shape[0],
+            "width": grid.shape[1],
+            "values": np.round(grid, 6).tolist(),
+            "signed": signed,
+            "reduction": explainer.reduction,
+            **extras,
+        }
         if overlay:
             entry["overlay_png"] = render.png_bytes(render.overlay(image, grid, signed))
         return entry
 
-    async def _explain_rows(self, model: Model, rows: list[Any], explainers: dict[str, Explainer],
-                            timings: Timings) -> list[Any]:  # fmt: skip
+    async def _explain_rows(
+        self, model: Model, rows: list[Any], explainers: dict[str, Explainer], timings: Timings
+    ) -> list[Any]:
         def job() -> list[dict[str, Any]]:
             per_name = {}
             for name, explainer in explainers.items():
                 with timings.stage(explainer.stage, method=name):
                     per_name[name] = model.handler.explain_rows(rows, explainer)
-            return [_merge_rows(dict(zip(per_name, row, strict=True)))
-                    for row in zip(*per_name.values(), strict=True)]  # fmt: skip
+            return [
+                _merge_rows(dict(zip(per_name, row, strict=True)))
+                for row in zip(*per_name.values(), strict=True)
+            ]
 
         return list(await self._run(model, timings, job, len(rows)))
 
@@ -234,8 +260,10 @@ def split_params(methods: list[str], raw: dict[str, Any]) -> dict[str, dict[str,
         if "." in key:
             method, name = key.split(".", 1)
             if method not in per_method:
-                raise SchemaError(f"parameter {key!r} is for {method!r}, which is not among "
-                                  f"the requested methods {methods}")  # fmt: skip
+                raise SchemaError(
+                    f"parameter {key!r} is for {method!r}, which is not among "
+                    f"the requested methods {methods}"
+                )
             per_method[method][name] = value
             continue
         owners = [m for m in methods if m in REGISTRY and key in REGISTRY[m].params]
@@ -249,8 +277,12 @@ def split_params(methods: list[str], raw: dict[str, Any]) -> dict[str, dict[str,
 def _merge_rows(by_method: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One row's results from several methods -> attributions keyed by method."""
     first = next(iter(by_method.values()))
-    merged: dict[str, Any] = {"prediction": first["prediction"], "base_value": first["base_value"],
-                              "attributions": {}, "convergence_delta": {}}  # fmt: skip
+    merged: dict[str, Any] = {
+        "prediction": first["prediction"],
+        "base_value": first["base_value"],
+        "attributions": {},
+        "convergence_delta": {},
+    }
     for name, row in by_method.items():
         merged["attributions"][name] = row["attributions"]
         if row.get("convergence_delta") is not None:
@@ -272,4 +304,3 @@ def as_base64(data: bytes) -> str:
 def _require_inputs(inputs: list[Any]) -> None:
     if not inputs:
         raise BadInput("the request has no inputs")
-

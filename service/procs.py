@@ -35,9 +35,19 @@ from service.errors import SchemaError
 
 Table = dict[str, np.ndarray]
 NA = "#na#"
-DATE_CATEGORICAL = ["Year", "Month", "Week", "Day", "Dayofweek", "Is_month_end",
-                    "Is_month_start", "Is_quarter_end", "Is_quarter_start", "Is_year_end",
-                    "Is_year_start"]  # fmt: skip
+DATE_CATEGORICAL = [
+    "Year",
+    "Month",
+    "Week",
+    "Day",
+    "Dayofweek",
+    "Is_month_end",
+    "Is_month_start",
+    "Is_quarter_end",
+    "Is_quarter_start",
+    "Is_year_end",
+    "Is_year_start",
+]
 DATE_CONTINUOUS = ["Dayofyear", "Elapsed"]
 DATE_PARTS = DATE_CATEGORICAL + DATE_CONTINUOUS
 
@@ -154,8 +164,12 @@ class FillMissing:
         return [f"{c}_na" for c in self.flagged or []]
 
     def to_json(self) -> dict[str, Any]:
-        return {"proc": "FillMissing", "columns": self.columns, "medians": self.medians,
-                "flagged": self.flagged}  # fmt: skip
+        return {
+            "proc": "FillMissing",
+            "columns": self.columns,
+            "medians": self.medians,
+            "flagged": self.flagged,
+        }
 
 
 def _median(values: np.ndarray) -> float:
@@ -219,13 +233,18 @@ class Normalize:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"proc": "Normalize", "columns": self.columns, "means": self.means,
-                "stds": self.stds}  # fmt: skip
+        return {
+            "proc": "Normalize",
+            "columns": self.columns,
+            "means": self.means,
+            "stds": self.stds,
+        }
 
 
 Proc = AddDatepart | FillMissing | Categorify | Normalize
-PROCS: dict[str, type[Proc]] = {p.__name__: p for p in (AddDatepart, FillMissing, Categorify,
-                                                        Normalize)}  # fmt: skip
+PROCS: dict[str, type[Proc]] = {
+    p.__name__: p for p in (AddDatepart, FillMissing, Categorify, Normalize)
+}
 
 
 def proc_from_json(state: Mapping[str, Any]) -> Proc:
@@ -302,8 +321,13 @@ class TabularProcs:
     `sources` maps each of them back to the raw column it came from.
     """
 
-    def __init__(self, cat: Sequence[str], cont: Sequence[str], date: Sequence[str] = (),
-                 date_parts: Mapping[str, Sequence[str]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cat: Sequence[str],
+        cont: Sequence[str],
+        date: Sequence[str] = (),
+        date_parts: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.cat, self.cont, self.date = list(cat), list(cont), list(date)
         chosen = date_parts or {}
         self.dateparts = [AddDatepart(d, list(chosen.get(d, DATE_PARTS))) for d in self.date]
@@ -327,10 +351,16 @@ class TabularProcs:
         for proc in self.procs:
             table = proc.apply(table)
         n = len(next(iter(table.values()))) if table else 0
-        codes = np.stack([table[c] for c in self.cat_names], axis=1) if self.cat_names else (
-            np.zeros((n, 0), dtype=np.int64))  # fmt: skip
-        cont = np.stack([table[c] for c in self.cont_names], axis=1) if self.cont_names else (
-            np.zeros((n, 0)))  # fmt: skip
+        codes = (
+            np.stack([table[c] for c in self.cat_names], axis=1)
+            if self.cat_names
+            else (np.zeros((n, 0), dtype=np.int64))
+        )
+        cont = (
+            np.stack([table[c] for c in self.cont_names], axis=1)
+            if self.cont_names
+            else (np.zeros((n, 0)))
+        )
         return codes.astype(np.int64), cont.astype(np.float32)
 
     def _dates(self, table: Table) -> Table:
@@ -369,30 +399,40 @@ class TabularProcs:
     @property
     def sources(self) -> dict[str, str]:
         """Processed column -> raw column: date parts to their date, `<col>_na` to `<col>`."""
-        origin = {name: proc.column for proc in self.dateparts
-                  for name in proc.cat_names + proc.cont_names}  # fmt: skip
+        origin = {
+            name: proc.column
+            for proc in self.dateparts
+            for name in proc.cat_names + proc.cont_names
+        }
         origin.update({f"{c}_na": c for c in self.fill.flagged or []})
         return {name: origin.get(name, name) for name in self.cat_names + self.cont_names}
 
     def feature_sources(self, embedding_dims: Sequence[int]) -> list[str]:
         """The raw column of each model input: every embedding dim, then each continuous."""
         sources = self.sources
-        owners = [sources[name] for name, dims in zip(self.cat_names, embedding_dims, strict=True)
-                  for _ in range(dims)]  # fmt: skip
+        owners = [
+            sources[name]
+            for name, dims in zip(self.cat_names, embedding_dims, strict=True)
+            for _ in range(dims)
+        ]
         return owners + [sources[name] for name in self.cont_names]
 
     def schema(self) -> list[Column]:
         """The raw input columns: categorical and date ones required, continuous optional."""
-        return ([Column(c, "categorical") for c in self.cat]
-                + [Column(c, "continuous", required=False) for c in self.cont]
-                + [Column(d, "date") for d in self.date])  # fmt: skip
+        return (
+            [Column(c, "categorical") for c in self.cat]
+            + [Column(c, "continuous", required=False) for c in self.cont]
+            + [Column(d, "date") for d in self.date]
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "cat": self.cat, "cont": self.cont, "date": self.date,
+            "cat": self.cat,
+            "cont": self.cont,
+            "date": self.date,
             "date_parts": {proc.column: proc.parts for proc in self.dateparts},
             "procs": [proc.to_json() for proc in self.procs],
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, state: Mapping[str, Any]) -> TabularProcs:

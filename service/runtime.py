@@ -56,8 +56,9 @@ class Worker:
 
     def submit(self, job: Job) -> Future[Any]:
         if self._jobs.qsize() >= self.max_queue:
-            raise Overloaded(f"model {self.name!r} has {self.max_queue} requests waiting; "
-                             "retry shortly")  # fmt: skip
+            raise Overloaded(
+                f"model {self.name!r} has {self.max_queue} requests waiting; retry shortly"
+            )
         item = _Queued(job, Future())
         self._jobs.put(item)
         self._on_depth(self._jobs.qsize())
@@ -100,10 +101,13 @@ class Model:
             "name": self.name,
             **self.handler.describe(),
             "archive": self.archive.path.name,
-            "metadata": {k: v for k, v in self.handler.metadata.items()
-                         if k in ("format_version", "evaluation", "data", "training")},
+            "metadata": {
+                k: v
+                for k, v in self.handler.metadata.items()
+                if k in ("format_version", "evaluation", "data", "training")
+            },
             "explanations": [REGISTRY[m].describe() for m in methods_for(kind)],
-        }  # fmt: skip
+        }
 
 
 class Runtime:
@@ -115,8 +119,13 @@ class Runtime:
         self._workdir = workdir
 
     @classmethod
-    def load(cls, archives: list[Path], max_queue: int = 64, metrics: Metrics | None = None,
-             max_image_pixels: int | None = None) -> Runtime:  # fmt: skip
+    def load(
+        cls,
+        archives: list[Path],
+        max_queue: int = 64,
+        metrics: Metrics | None = None,
+        max_image_pixels: int | None = None,
+    ) -> Runtime:
         workdir = Path(tempfile.mkdtemp(prefix="glimpse-models-"))
         metrics = metrics or Metrics()
         models: dict[str, Model] = {}

@@ -20,15 +20,21 @@ def test_archive_contents(cnn_archive: Path) -> None:
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         metadata = json.loads(archive.read("metadata.json"))
         index_to_name = json.loads(archive.read("index_to_name.json"))
-    assert {"cnn.py", "cnn.pt", "metadata.json", "index_to_name.json",
-            "glimpse_image_handler.py"} <= names  # fmt: skip
+    assert {
+        "cnn.py",
+        "cnn.pt",
+        "metadata.json",
+        "index_to_name.json",
+        "glimpse_image_handler.py",
+    } <= names
     assert manifest["model"]["handler"] == "glimpse_image_handler.py"
     assert manifest["model"]["serializedFile"] == "cnn.pt"
     assert metadata["format_version"] == 1 and metadata["kind"] == "image"
     assert metadata["architecture"] == {
-        "file": "cnn.py", "class": "SmallResNet",
+        "file": "cnn.py",
+        "class": "SmallResNet",
         "args": {"num_classes": 4, "widths": [16, 32, 64, 96], "strides": [2, 2, 1]},
-    }  # fmt: skip
+    }
     assert metadata["classes"] == ["circle", "square", "triangle", "cross"]
     assert index_to_name == {str(i): c for i, c in enumerate(metadata["classes"])}
     assert metadata["input"]["size"] == [48, 48] and len(metadata["input"]["mean"]) == 3

@@ -19,8 +19,12 @@ from training.shapes import make_shapes
 
 IMAGE_METHODS = methods_for("image")
 # Cheap settings so the whole registry runs in seconds; defaults are exercised over HTTP.
-FAST = {"integrated_gradients": {"steps": 8}, "gradient_shap": {"samples": 4},
-        "smoothgrad": {"samples": 4}, "occlusion": {"window": 12, "stride": 12}}  # fmt: skip
+FAST = {
+    "integrated_gradients": {"steps": 8},
+    "gradient_shap": {"samples": 4},
+    "smoothgrad": {"samples": 4},
+    "occlusion": {"window": 12, "stride": 12},
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,9 @@ def test_same_input_same_map(handler: ImageHandler, result: Inference, method: s
 
 
 @pytest.mark.parametrize("method", IMAGE_METHODS)
-def test_no_hook_left_after_success_or_error(handler: ImageHandler, result: Inference,
-                                             method: str) -> None:  # fmt: skip
+def test_no_hook_left_after_success_or_error(
+    handler: ImageHandler, result: Inference, method: str
+) -> None:
     assert handler.model is not None
     before = hook_count(handler.model)
     handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
@@ -94,8 +99,7 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def test_memory_stays_flat_over_200_explanations(handler: ImageHandler,
-                                                 result: Inference) -> None:  # fmt: skip
+def test_memory_stays_flat_over_200_explanations(handler: ImageHandler, result: Inference) -> None:
     """200 explanations through activation + gradcam: live objects and RSS do not grow."""
     explainers = [build("image", "activation", {}), build("image", "gradcam", {})]
 

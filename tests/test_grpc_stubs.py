@@ -24,7 +24,8 @@ def test_checked_in_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
         checked_in = ROOT / "service" / "proto" / fresh.relative_to(tmp_path)
         assert checked_in.exists(), f"{checked_in} is missing: run `make proto`"
         assert checked_in.read_text() == fresh.read_text(), (
-            f"{checked_in} differs from proto/glimpse/v1/glimpse.proto: run `make proto`")
+            f"{checked_in} differs from proto/glimpse/v1/glimpse.proto: run `make proto`"
+        )
 
 
 def test_stubs_import_as_part_of_the_service_package() -> None:

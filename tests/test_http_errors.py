@@ -24,8 +24,11 @@ CASES = {
     "not an image": (b"hello, I am text pretending to be a PNG", 400, "bad_input"),
     "truncated": (png(random_image(64, 64))[:300], 400, "bad_input"),
     "bomb": (_bomb(), 413, "payload_too_large"),
-    "oversized body": (b"\x89PNG" + zlib.compress(b"x") * 1 + b"0" * 2_100_000, 413,
-                       "payload_too_large"),  # fmt: skip
+    "oversized body": (
+        b"\x89PNG" + zlib.compress(b"x") * 1 + b"0" * 2_100_000,
+        413,
+        "payload_too_large",
+    ),
 }
 
 

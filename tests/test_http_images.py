@@ -27,8 +27,9 @@ def test_models_list_and_detail(client: TestClient) -> None:
 
 
 def test_prediction_raw_body_is_torchserve_shaped(client: TestClient, shapes_png: bytes) -> None:
-    answer = client.post("/predictions/cnn", content=shapes_png,
-                         headers={"content-type": "image/png"}).json()  # fmt: skip
+    answer = client.post(
+        "/predictions/cnn", content=shapes_png, headers={"content-type": "image/png"}
+    ).json()
     assert set(answer) == {"circle", "square", "triangle", "cross"}
     assert abs(sum(answer.values()) - 1) < 1e-4
     assert list(answer.values()) == sorted(answer.values(), reverse=True)
@@ -60,7 +61,8 @@ def test_explanation_json(client: TestClient, shapes_png: bytes) -> None:
     overlay = Image.open(io.BytesIO(base64.b64decode(activation["overlay_png"])))
     assert overlay.size == (97, 71)
     assert {"decode", "queue", "inference", "heatmap.activation", "encode"} <= set(
-        body["timings_ms"])
+        body["timings_ms"]
+    )
 
 
 def _modes() -> dict[str, bytes]:
@@ -98,16 +100,20 @@ def test_exif_orientation_is_applied(client: TestClient) -> None:
 
 
 def test_several_targets_at_once(client: TestClient, shapes_png: bytes) -> None:
-    body = client.post("/explanations/cnn?methods=gradcam,integrated_gradients&steps=8"
-                       "&target=circle,2&overlay=false", content=shapes_png).json()  # fmt: skip
+    body = client.post(
+        "/explanations/cnn?methods=gradcam,integrated_gradients&steps=8"
+        "&target=circle,2&overlay=false",
+        content=shapes_png,
+    ).json()
     assert [t["target"]["label"] for t in body["by_target"]] == ["circle", "triangle"]
     assert body["target"]["label"] == "circle"
     assert body["explanations"] == body["by_target"][0]["explanations"]
     for entry in body["by_target"]:
         assert set(entry["explanations"]) == {"gradcam", "integrated_gradients"}
         assert "convergence_delta" in entry["explanations"]["integrated_gradients"]
-    alone = client.post("/explanations/cnn?methods=gradcam&target=triangle&overlay=false",
-                        content=shapes_png).json()  # fmt: skip
+    alone = client.post(
+        "/explanations/cnn?methods=gradcam&target=triangle&overlay=false", content=shapes_png
+    ).json()
     assert alone["explanations"]["gradcam"] == body["by_target"][1]["explanations"]["gradcam"]
     assert "by_target" not in alone
     repeated = client.post("/explanations/cnn?target=circle,0", content=shapes_png)

@@ -14,8 +14,11 @@ def test_image_maps_add_up_to_the_logit_change_from_black() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
     inputs, targets = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
-    method = build("image", "integrated_gradients", {"steps": 16, "internal_batch_size": 8,
-                                                    "baseline": "zeros"})
+    method = build(
+        "image",
+        "integrated_gradients",
+        {"steps": 16, "internal_batch_size": 8, "baseline": "zeros"},
+    )
 
     maps = method.explain(ImageBatch(model, model[0], inputs, targets))
 

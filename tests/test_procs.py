@@ -58,8 +58,9 @@ def test_fill_missing_uses_the_training_median_and_flags() -> None:
 
 
 def test_normalize_uses_training_statistics() -> None:
-    proc = roundtrip(Normalize(["x", "flat"]).fit({"x": np.array([1.0, 3.0]),
-                                                   "flat": np.array([5.0, 5.0])}))  # fmt: skip
+    proc = roundtrip(
+        Normalize(["x", "flat"]).fit({"x": np.array([1.0, 3.0]), "flat": np.array([5.0, 5.0])})
+    )
 
     out = proc.apply({"x": np.array([2.0, 5.0]), "flat": np.array([5.0, 6.0])})
     assert out["x"].tolist() == [0.0, 3.0]
@@ -68,8 +69,12 @@ def test_normalize_uses_training_statistics() -> None:
 
 def test_add_datepart_replaces_the_date_by_its_parts() -> None:
     days = np.array(["2014-12-31", "2015-01-01", "2015-03-31"], dtype="datetime64[D]")
-    proc = roundtrip(AddDatepart("Date", ["Year", "Week", "Dayofweek", "Is_year_end",
-                                          "Is_quarter_end", "Dayofyear", "Elapsed"]))  # fmt: skip
+    proc = roundtrip(
+        AddDatepart(
+            "Date",
+            ["Year", "Week", "Dayofweek", "Is_year_end", "Is_quarter_end", "Dayofyear", "Elapsed"],
+        )
+    )
 
     out = proc.apply({"Date": days})
     assert "Date" not in out
@@ -98,10 +103,17 @@ def test_the_chain_fits_on_train_and_replays_on_new_rows(train_table) -> None:
     assert procs.cat_names == ["Store", "Date_Day", "Distance_na"]
     assert procs.cont_names == ["Distance", "Date_Dayofyear"]
     assert procs.cardinalities == [4, 7, 3]
-    assert procs.sources == {"Store": "Store", "Date_Day": "Date", "Distance_na": "Distance",
-                             "Distance": "Distance", "Date_Dayofyear": "Date"}  # fmt: skip
-    rows = [{"Store": 2, "Distance": 20, "Date": "2015-01-02"},
-            {"Store": "unseen", "Date": "2015-02-01"}]  # fmt: skip
+    assert procs.sources == {
+        "Store": "Store",
+        "Date_Day": "Date",
+        "Distance_na": "Distance",
+        "Distance": "Distance",
+        "Date_Dayofyear": "Date",
+    }
+    rows = [
+        {"Store": 2, "Distance": 20, "Date": "2015-01-02"},
+        {"Store": "unseen", "Date": "2015-02-01"},
+    ]
     codes, cont = procs.apply(read_rows(rows, procs.schema()))
     assert codes.tolist() == [[2, 2, 1], [0, 1, 2]]  # unseen store -> #na#; 1 Feb is day 1, seen
     assert cont.dtype == np.float32 and cont.shape == (2, 2)
@@ -109,8 +121,11 @@ def test_the_chain_fits_on_train_and_replays_on_new_rows(train_table) -> None:
 
 
 def test_read_rows_names_the_offending_column() -> None:
-    columns = [Column("Store", "categorical"), Column("Distance", "continuous", required=False),
-               Column("Date", "date")]  # fmt: skip
+    columns = [
+        Column("Store", "categorical"),
+        Column("Distance", "continuous", required=False),
+        Column("Date", "date"),
+    ]
 
     with pytest.raises(SchemaError, match="'Store'"):
         read_rows([{"Date": "2015-01-01"}], columns)

@@ -17,15 +17,28 @@ from tests.servers.prometheus import prometheus
 
 pytestmark = pytest.mark.integration
 
-ROW = {"Store": 1, "StoreType": "a", "Assortment": "a", "DayOfWeek": 3, "Date": "2015-06-17",
-       "Promo": 1, "Promo2": 0, "StateHoliday": "0", "SchoolHoliday": 0,
-       "CompetitionDistance": 500.0}  # fmt: skip
+ROW = {
+    "Store": 1,
+    "StoreType": "a",
+    "Assortment": "a",
+    "DayOfWeek": 3,
+    "Date": "2015-06-17",
+    "Promo": 1,
+    "Promo2": 0,
+    "StateHoliday": "0",
+    "SchoolHoliday": 0,
+    "CompetitionDistance": 500.0,
+}
 
 
 def send_http(base: str, png: bytes) -> dict[str, int]:
     codes: dict[str, int] = {}
-    calls = [("/predictions/cnn", png)] * 5 + [("/explanations/cnn", png)] * 3 \
-        + [("/predictions/cnn", b"")] * 2 + [("/predictions/nope", png)] * 2  # fmt: skip
+    calls = (
+        [("/predictions/cnn", png)] * 5
+        + [("/explanations/cnn", png)] * 3
+        + [("/predictions/cnn", b"")] * 2
+        + [("/predictions/nope", png)] * 2
+    )
     with httpx.Client(base_url=base, timeout=60) as client:
         for route, body in calls:
             code = str(client.post(route, content=body).status_code)
@@ -38,9 +51,11 @@ def send_http(base: str, png: bytes) -> dict[str, int]:
 
 def send_grpc(address: str, png: bytes) -> dict[str, int]:
     codes: dict[str, int] = {}
-    calls = [pb.PredictRequest(model="cnn", inputs=[pb.Input(image=png)])] * 4 + [
-        pb.PredictRequest(model="nope", inputs=[pb.Input(image=png)])] * 2 + [
-        pb.PredictRequest(model="cnn", inputs=[pb.Input(image=b"")])]  # fmt: skip
+    calls = (
+        [pb.PredictRequest(model="cnn", inputs=[pb.Input(image=png)])] * 4
+        + [pb.PredictRequest(model="nope", inputs=[pb.Input(image=png)])] * 2
+        + [pb.PredictRequest(model="cnn", inputs=[pb.Input(image=b"")])]
+    )
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GlimpseStub(channel)
         for request in calls:
@@ -58,25 +73,37 @@ def test_prometheus_reads_back_counts_and_quantiles(
 ) -> None:
     with glimpse([cnn_archive, tabular_archive], tmp_path / "glimpse") as server:
         with prometheus(server.http.removeprefix("http://"), tmp_path / "prometheus") as prom:
-            sent = {"http": send_http(server.http, shapes_png),
-                    "grpc": send_grpc(server.grpc, shapes_png)}  # fmt: skip
+            sent = {
+                "http": send_http(server.http, shapes_png),
+                "grpc": send_grpc(server.grpc, shapes_png),
+            }
             total = sum(sum(codes.values()) for codes in sent.values())
             _wait_for(prom, "sum(glimpse_requests_total)", total)
-            counted = {(r["metric"]["protocol"], r["metric"]["code"]): float(r["value"][1])
-                       for r in prom.query("sum by (protocol, code) (glimpse_requests_total)")}
-            quantiles = prom.query("histogram_quantile(0.99, sum by (le, model, route) "
-                                   "(glimpse_request_duration_seconds_bucket))")  # fmt: skip
+            counted = {
+                (r["metric"]["protocol"], r["metric"]["code"]): float(r["value"][1])
+                for r in prom.query("sum by (protocol, code) (glimpse_requests_total)")
+            }
+            quantiles = prom.query(
+                "histogram_quantile(0.99, sum by (le, model, route) "
+                "(glimpse_request_duration_seconds_bucket))"
+            )
         assert prom.process.poll() is not None
     assert server.process.poll() is not None
-    expected = {(protocol, code): float(n) for protocol, codes in sent.items()
-                for code, n in codes.items()}  # fmt: skip
+    expected = {
+        (protocol, code): float(n) for protocol, codes in sent.items() for code, n in codes.items()
+    }
     assert expected[("http", "200")] == 10 and expected[("grpc", "NOT_FOUND")] == 2
     assert counted == expected
-    by_route = {(q["metric"]["model"], q["metric"]["route"]): float(q["value"][1])
-                for q in quantiles}  # fmt: skip
-    for key in [("cnn", "/predictions/{name}"), ("cnn", "/explanations/{name}"),
-                ("tabular", "/predictions/{name}"), ("cnn", "/glimpse.v1.Glimpse/Predict"),
-                ("_unknown", "/predictions/{name}")]:  # fmt: skip
+    by_route = {
+        (q["metric"]["model"], q["metric"]["route"]): float(q["value"][1]) for q in quantiles
+    }
+    for key in [
+        ("cnn", "/predictions/{name}"),
+        ("cnn", "/explanations/{name}"),
+        ("tabular", "/predictions/{name}"),
+        ("cnn", "/glimpse.v1.Glimpse/Predict"),
+        ("_unknown", "/predictions/{name}"),
+    ]:
         assert key in by_route and math.isfinite(by_route[key]) and by_route[key] > 0, key
 
 

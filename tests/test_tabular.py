@@ -18,9 +18,18 @@ from service.handlers.tabular import TabularHandler
 from training import rossmann
 from training.tabular import TabularConfig, train_tabular
 
-ROW = {"Store": 1, "StoreType": "a", "Assortment": "c", "DayOfWeek": 4, "Date": "2013-10-10",
-       "Promo": 1, "StateHoliday": "0", "SchoolHoliday": 0, "CompetitionDistance": 1250.0,
-       "Promo2": 0}  # fmt: skip
+ROW = {
+    "Store": 1,
+    "StoreType": "a",
+    "Assortment": "c",
+    "DayOfWeek": 4,
+    "Date": "2013-10-10",
+    "Promo": 1,
+    "StateHoliday": "0",
+    "SchoolHoliday": 0,
+    "CompetitionDistance": 1250.0,
+    "Promo2": 0,
+}
 
 
 def write_csv(path: Path) -> Path:
@@ -39,9 +48,16 @@ def write_csv(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("tabular")
-    config = TabularConfig(csv=write_csv(tmp / "sales.csv"), cat=rossmann.CATEGORICAL,
-                           cont=rossmann.CONTINUOUS, date=rossmann.DATE, target="Sales",
-                           epochs=2, batch_size=256, out=tmp / "store")  # fmt: skip
+    config = TabularConfig(
+        csv=write_csv(tmp / "sales.csv"),
+        cat=rossmann.CATEGORICAL,
+        cont=rossmann.CONTINUOUS,
+        date=rossmann.DATE,
+        target="Sales",
+        epochs=2,
+        batch_size=256,
+        out=tmp / "store",
+    )
     return train_tabular(config)
 
 
@@ -54,8 +70,13 @@ def handler(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> TabularH
 
 def test_the_archive_carries_everything_serving_needs(archive: Path) -> None:
     names = set(zipfile.ZipFile(archive).namelist())
-    assert {"MAR-INF/MANIFEST.json", "metadata.json", "tabular.py", "tabular.pt",
-            "glimpse_tabular_handler.py"} <= names  # fmt: skip
+    assert {
+        "MAR-INF/MANIFEST.json",
+        "metadata.json",
+        "tabular.py",
+        "tabular.pt",
+        "glimpse_tabular_handler.py",
+    } <= names
     metadata = json.loads(zipfile.ZipFile(archive).read("metadata.json"))
     assert metadata["kind"] == "tabular" and metadata["target"] == "Sales"
     assert metadata["architecture"]["class"] == "TabularModel"
@@ -70,8 +91,7 @@ def test_the_archive_carries_everything_serving_needs(archive: Path) -> None:
 def test_predictions_are_sales_in_original_units(handler: TabularHandler) -> None:
     [sales] = handler.predict_rows([ROW])
     assert 500 < sales < 50_000
-    as_torchserve = handler.handle([{"body": ROW}, {"body": json.dumps([ROW, ROW]).encode()}],
-                                   None)  # fmt: skip
+    as_torchserve = handler.handle([{"body": ROW}, {"body": json.dumps([ROW, ROW]).encode()}], None)
     assert as_torchserve == [[sales], [sales, sales]]
 
 
@@ -86,9 +106,13 @@ def test_missing_optional_and_unknown_values_are_filled(handler: TabularHandler)
 
 @pytest.mark.parametrize(
     ("change", "column"),
-    [({"Store": None}, "Store"), ({"Date": "not a date"}, "Date"),
-     ({"CompetitionDistance": "far"}, "CompetitionDistance"), ({"Promo": {"a": 1}}, "Promo")],
-)  # fmt: skip
+    [
+        ({"Store": None}, "Store"),
+        ({"Date": "not a date"}, "Date"),
+        ({"CompetitionDistance": "far"}, "CompetitionDistance"),
+        ({"Promo": {"a": 1}}, "Promo"),
+    ],
+)
 def test_schema_errors_name_the_column(handler: TabularHandler, change: dict, column: str) -> None:
     row = {key: value for key, value in {**ROW, **change}.items() if value is not None}
     with pytest.raises(SchemaError, match=f"'{column}'"):
@@ -139,4 +163,4 @@ def test_the_generator_is_additive_in_log_space() -> None:
     residual = np.log(data.table["Sales"]) - data.log_mean
     assert residual.std() == pytest.approx(data.sigma, rel=0.05)
     assert 0.05 < np.isnan(data.table["CompetitionDistance"]).mean() < 0.2
-    assert data.noise_floor() == pytest.approx(math.sqrt(1 - math.exp(-data.sigma**2)), rel=0.05)
+    assert data.noise_floor() == pytest.approx(math.sqrt(1 - math.exp(-(data.sigma**2))), rel=0.05)

@@ -15,23 +15,56 @@ from training.tabular import TabularConfig, train_tabular
 pytestmark = pytest.mark.integration
 
 ROWS = [
-    {"Store": 1, "StoreType": "a", "Assortment": "c", "DayOfWeek": 4, "Date": "2013-10-10",
-     "Promo": 1, "StateHoliday": "0", "SchoolHoliday": 0, "CompetitionDistance": 1250.0,
-     "Promo2": 0},
-    {"Store": "2", "StoreType": "d", "Assortment": "a", "DayOfWeek": 6, "Date": "2013-12-21",
-     "Promo": 0, "StateHoliday": "0", "SchoolHoliday": 1, "Promo2": 1},
-    {"Store": 999, "StoreType": "a", "Assortment": "a", "DayOfWeek": 1, "Date": "2014-01-06",
-     "Promo": 1, "StateHoliday": "a", "SchoolHoliday": 0, "CompetitionDistance": None,
-     "Promo2": 0},
-]  # fmt: skip
+    {
+        "Store": 1,
+        "StoreType": "a",
+        "Assortment": "c",
+        "DayOfWeek": 4,
+        "Date": "2013-10-10",
+        "Promo": 1,
+        "StateHoliday": "0",
+        "SchoolHoliday": 0,
+        "CompetitionDistance": 1250.0,
+        "Promo2": 0,
+    },
+    {
+        "Store": "2",
+        "StoreType": "d",
+        "Assortment": "a",
+        "DayOfWeek": 6,
+        "Date": "2013-12-21",
+        "Promo": 0,
+        "StateHoliday": "0",
+        "SchoolHoliday": 1,
+        "Promo2": 1,
+    },
+    {
+        "Store": 999,
+        "StoreType": "a",
+        "Assortment": "a",
+        "DayOfWeek": 1,
+        "Date": "2014-01-06",
+        "Promo": 1,
+        "StateHoliday": "a",
+        "SchoolHoliday": 0,
+        "CompetitionDistance": None,
+        "Promo2": 0,
+    },
+]
 JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model on a small generated table: what matters here is the serving path."""
-    config = TabularConfig(n_stores=6, years=1, epochs=1, batch_size=256, gbm=False,
-                           out=tmp_path_factory.mktemp("tabular-store"))  # fmt: skip
+    config = TabularConfig(
+        n_stores=6,
+        years=1,
+        epochs=1,
+        batch_size=256,
+        gbm=False,
+        out=tmp_path_factory.mktemp("tabular-store"),
+    )
     return train_tabular(config)
 
 

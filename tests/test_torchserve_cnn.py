@@ -13,16 +13,22 @@ from tests.servers.torchserve import leftover_processes, torchserve
 pytestmark = pytest.mark.integration
 
 
-def test_torchserve_matches_glimpse(model_store: Path, client: TestClient, shapes_png: bytes,
-                                    tmp_path: Path) -> None:  # fmt: skip
+def test_torchserve_matches_glimpse(
+    model_store: Path, client: TestClient, shapes_png: bytes, tmp_path: Path
+) -> None:
     ours = client.post("/predictions/cnn", content=shapes_png).json()
     headers = {"content-type": "application/octet-stream"}
-    with torchserve(model_store, {"cnn": "cnn.mar"}, tmp_path / "ts",
-                    probe=("cnn", shapes_png, headers)) as ts:  # fmt: skip
-        raw = httpx.post(f"{ts.inference_url}/predictions/cnn", content=shapes_png,
-                         headers=headers, timeout=30)  # fmt: skip
-        multipart = httpx.post(f"{ts.inference_url}/predictions/cnn", timeout=30,
-                               files={"data": ("s.png", shapes_png, "image/png")})  # fmt: skip
+    with torchserve(
+        model_store, {"cnn": "cnn.mar"}, tmp_path / "ts", probe=("cnn", shapes_png, headers)
+    ) as ts:
+        raw = httpx.post(
+            f"{ts.inference_url}/predictions/cnn", content=shapes_png, headers=headers, timeout=30
+        )
+        multipart = httpx.post(
+            f"{ts.inference_url}/predictions/cnn",
+            timeout=30,
+            files={"data": ("s.png", shapes_png, "image/png")},
+        )
         metrics = httpx.get(f"{ts.metrics_url}/metrics", timeout=10)
     for answer in (raw.json(), multipart.json()):
         assert list(answer) == list(ours)

@@ -11,8 +11,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cnn = sub.add_parser("cnn", help="train the image classifier and write cnn.mar")
-    cnn.add_argument("--data", type=Path,
-                     help="ImageFolder-style directory (default: generated shapes)")
+    cnn.add_argument(
+        "--data", type=Path, help="ImageFolder-style directory (default: generated shapes)"
+    )
     cnn.add_argument("--epochs", type=int, default=8)
     cnn.add_argument("--n-train", type=int, default=4000, help="generated training images")
     cnn.add_argument("--out", type=Path, default=Path("model_store"))
@@ -29,30 +30,40 @@ def main(argv: list[str] | None = None) -> None:
     both = sub.add_parser("all", help="build cnn.mar, then tabular.mar, with the defaults")
     both.add_argument("--out", type=Path, default=Path("model_store"))
     tabular_eval = sub.add_parser("tabular-eval", help="score a tabular archive against the truth")
-    tabular_eval.add_argument("archive", type=Path, nargs="?",
-                              default=Path("model_store/tabular.mar"))
+    tabular_eval.add_argument(
+        "archive", type=Path, nargs="?", default=Path("model_store/tabular.mar")
+    )
     tabular_eval.add_argument("-n", type=int, default=200, help="held-out rows to explain")
     evaluate = sub.add_parser("evaluate", help="score an image archive through the serving runtime")
     evaluate.add_argument("archive", type=Path, nargs="?", default=Path("model_store/cnn.mar"))
     evaluate.add_argument("-n", type=int, default=200, help="held-out generated images")
-    evaluate.add_argument("--out", type=Path, default=Path("docs"),
-                          help="where evaluation.md and gallery.png go")  # fmt: skip
+    evaluate.add_argument(
+        "--out", type=Path, default=Path("docs"), help="where evaluation.md and gallery.png go"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.command == "cnn":
         from training.image import ImageConfig, train_cnn
 
-        config = ImageConfig(data=args.data, out=args.out, name=args.name, epochs=args.epochs,
-                             n_train=args.n_train)  # fmt: skip
+        config = ImageConfig(
+            data=args.data, out=args.out, name=args.name, epochs=args.epochs, n_train=args.n_train
+        )
         print(f"wrote {train_cnn(config)}")
     elif args.command == "tabular":
         from training.tabular import TabularConfig, train_tabular
 
         if args.csv is not None and not (args.cat or args.cont or args.date):
             parser.error("--csv needs its columns: --cat ... --cont ... --date ... --target ...")
-        table_config = TabularConfig(csv=args.csv, cat=args.cat, cont=args.cont, date=args.date,
-                                     target=args.target, epochs=args.epochs, out=args.out,
-                                     name=args.name)  # fmt: skip
+        table_config = TabularConfig(
+            csv=args.csv,
+            cat=args.cat,
+            cont=args.cont,
+            date=args.date,
+            target=args.target,
+            epochs=args.epochs,
+            out=args.out,
+            name=args.name,
+        )
         print(f"wrote {train_tabular(table_config)}")
     elif args.command == "all":
         from training.image import ImageConfig, train_cnn

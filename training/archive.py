@@ -65,13 +65,22 @@ def write_archive(
             (staging / file_name).write_text(text)
         command = [
             _archiver(),
-            "--model-name", name, "--version", version,
-            "--model-file", str(architecture_file),
-            "--serialized-file", str(weights),
-            "--handler", str(HANDLERS[kind]),
-            "--extra-files", ",".join(str(staging / f) for f in files),
-            "--export-path", str(out_dir), "--force",
-        ]  # fmt: skip
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--model-file",
+            str(architecture_file),
+            "--serialized-file",
+            str(weights),
+            "--handler",
+            str(HANDLERS[kind]),
+            "--extra-files",
+            ",".join(str(staging / f) for f in files),
+            "--export-path",
+            str(out_dir),
+            "--force",
+        ]
         # torch-model-archiver stages files in $TMPDIR/<model name>: give each build its own.
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": tmp})
     return out_dir / f"{name}.mar"

@@ -79,13 +79,23 @@ def score_methods(handler: ImageHandler, data: ShapesData) -> tuple[str, dict[st
         full = np.stack([render.upsample(m, (size, size)) for m in maps])
         all_maps[name] = maps
         delta = getattr(explainer, "last_delta", None)
-        scores.append(Score(name, pointing_game(full, data.boxes), *deletion_insertion(
-            handler, inputs, targets, full), seconds,
-            float(np.abs(delta).mean()) if delta is not None else None))  # fmt: skip
+        scores.append(
+            Score(
+                name,
+                pointing_game(full, data.boxes),
+                *deletion_insertion(handler, inputs, targets, full),
+                seconds,
+                float(np.abs(delta).mean()) if delta is not None else None,
+            )
+        )
     rng = np.random.default_rng(0)
     random_maps = rng.random((len(images), size, size)).astype(np.float32)
-    random = Score("random map", pointing_game(random_maps, data.boxes),
-                   *deletion_insertion(handler, inputs, targets, random_maps), 0.0)  # fmt: skip
+    random = Score(
+        "random map",
+        pointing_game(random_maps, data.boxes),
+        *deletion_insertion(handler, inputs, targets, random_maps),
+        0.0,
+    )
     return format_table(scores, random, len(images), accuracy), all_maps
 
 
@@ -99,8 +109,9 @@ def pointing_game(maps: np.ndarray, boxes: np.ndarray | None) -> float:
     return hits / len(maps)
 
 
-def deletion_insertion(handler: ImageHandler, inputs: torch.Tensor, targets: torch.Tensor,
-                       maps: np.ndarray) -> tuple[float, float]:  # fmt: skip
+def deletion_insertion(
+    handler: ImageHandler, inputs: torch.Tensor, targets: torch.Tensor, maps: np.ndarray
+) -> tuple[float, float]:
     """Mean target probability over STEPS+1 fractions of pixels deleted / inserted, by rank."""
     n, _, height, width = inputs.shape
     blurred = blur(inputs)
@@ -131,13 +142,20 @@ def format_table(scores: list[Score], random: Score, n: int, accuracy: float) ->
     ]
     for s in [*scores, random]:
         delta = f"{s.delta:.2e}" if s.delta is not None else ""
-        lines.append(f"| {s.method} | {s.pointing:.3f} | {s.deletion:.3f} | {s.insertion:.3f} "
-                     f"| {s.seconds_per_image * 1000:.1f} | {delta} |")  # fmt: skip
+        lines.append(
+            f"| {s.method} | {s.pointing:.3f} | {s.deletion:.3f} | {s.insertion:.3f} "
+            f"| {s.seconds_per_image * 1000:.1f} | {delta} |"
+        )
     return "\n".join(lines)
 
 
-def gallery(handler: ImageHandler, data: ShapesData, maps: dict[str, np.ndarray],
-            rows: int = 6, cell: int = 96) -> Image.Image:  # fmt: skip
+def gallery(
+    handler: ImageHandler,
+    data: ShapesData,
+    maps: dict[str, np.ndarray],
+    rows: int = 6,
+    cell: int = 96,
+) -> Image.Image:
     """A grid: each row an image with its box, then each method's overlay."""
     columns = ["image", *maps]
     sheet = Image.new("RGB", (cell * len(columns), cell * rows + 16), "white")
@@ -147,8 +165,14 @@ def gallery(handler: ImageHandler, data: ShapesData, maps: dict[str, np.ndarray]
     for r in range(rows):
         image = Image.fromarray(data.images[r]).resize((cell, cell), Image.Resampling.NEAREST)
         tiles = [image] + [
-            render.overlay(image, render.normalise(maps[m][r], REGISTRY[m].signed),
-                           REGISTRY[m].signed, alpha=0.6) for m in maps]  # fmt: skip
+            render.overlay(
+                image,
+                render.normalise(maps[m][r], REGISTRY[m].signed),
+                REGISTRY[m].signed,
+                alpha=0.6,
+            )
+            for m in maps
+        ]
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (c * cell, 16 + r * cell))
     return sheet

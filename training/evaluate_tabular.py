@@ -37,21 +37,25 @@ def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, An
         source = handler.metadata["data"]
         if source.get("dataset") != "generated rossmann":
             raise ValueError(f"{archive} was not trained on generated data: no truth to score")
-        data = rossmann.make_rossmann(source["n_stores"], source["years"], source["sigma"],
-                                      source["seed"])  # fmt: skip
+        data = rossmann.make_rossmann(
+            source["n_stores"], source["years"], source["sigma"], source["seed"]
+        )
         split = source["split"]
         train, valid = split_by_time(data.table, rossmann.DATE, split["valid_fraction"])
         sales = data.table[rossmann.TARGET][valid]
         predictions: np.ndarray = np.array(handler.predict_rows(to_rows(data.table, valid)))
-        held_out = np.random.default_rng(seed).choice(valid, size=min(n, len(valid)),
-                                                      replace=False)  # fmt: skip
+        held_out = np.random.default_rng(seed).choice(valid, size=min(n, len(valid)), replace=False)
         explained = handler.explain_rows(to_rows(data.table, held_out))
         evaluation = handler.metadata["evaluation"]
-    truth = np.stack([data.effects[c][held_out] - data.effects[c][train].mean()
-                      for c in rossmann.COLUMNS], axis=1)  # fmt: skip
+    truth = np.stack(
+        [data.effects[c][held_out] - data.effects[c][train].mean() for c in rossmann.COLUMNS],
+        axis=1,
+    )
     served = np.array([[row["attributions"][c] for c in rossmann.COLUMNS] for row in explained])
-    gaps = [abs(sum(row["attributions"].values()) + row["base_value"] - np.log(row["prediction"]))
-            for row in explained]  # fmt: skip
+    gaps = [
+        abs(sum(row["attributions"].values()) + row["base_value"] - np.log(row["prediction"]))
+        for row in explained
+    ]
     correlations = [spearmanr(a, t).statistic for a, t in zip(served, truth, strict=True)]
     return {
         "rmspe": rmspe(sales, predictions),
@@ -99,14 +103,19 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"later period from {report['valid_from']} ({report['n_valid']} rows)",
         f"{'RMSPE':<22}{'value':>8}{'x floor':>9}",
-        *(f"{name:<22}{value:>8.4f}{value / floor:>9.3f}"
-          for name, value in (("network (served)", report["rmspe"]),
-                              ("gradient boosting", report["gbm_rmspe"]), ("noise floor", floor))
-          if value is not None),
+        *(
+            f"{name:<22}{value:>8.4f}{value / floor:>9.3f}"
+            for name, value in (
+                ("network (served)", report["rmspe"]),
+                ("gradient boosting", report["gbm_rmspe"]),
+                ("noise floor", floor),
+            )
+            if value is not None
+        ),
         f"attribution recovery over {report['n_explained']} held-out rows: mean Spearman "
         f"{report['spearman_mean']:.3f} (min {report['spearman_min']:.3f})",
         f"completeness: max |sum + base - log pred| = {report['completeness_max_gap']:.2e}; "
         f"max |convergence delta| = {report['convergence_delta_max']:.2e}",
-    ]  # fmt: skip
+    ]
     lines += [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks(report)]
     return "\n".join(lines)

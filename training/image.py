@@ -58,13 +58,21 @@ def load_data(config: ImageConfig) -> tuple[ShapesData, ShapesData, dict[str, An
     if config.data is None:
         train = make_shapes(config.n_train, seed=TRAIN_SEED + config.seed, size=SIZE)
         test = make_shapes(config.n_test, seed=TEST_SEED + config.seed, size=SIZE)
-        source = {"dataset": "generated shapes", "train_seed": TRAIN_SEED + config.seed,
-                  "test_seed": TEST_SEED + config.seed, "n_train": config.n_train,
-                  "n_test": config.n_test}  # fmt: skip
+        source = {
+            "dataset": "generated shapes",
+            "train_seed": TRAIN_SEED + config.seed,
+            "test_seed": TEST_SEED + config.seed,
+            "n_train": config.n_train,
+            "n_test": config.n_test,
+        }
         return train, test, source
     train, test = load_image_folder(config.data, size=SIZE, seed=config.seed)
-    source = {"dataset": "image folder", "path": str(config.data), "n_train": len(train),
-              "n_test": len(test)}  # fmt: skip
+    source = {
+        "dataset": "image folder",
+        "path": str(config.data),
+        "n_train": len(train),
+        "n_test": len(test),
+    }
     return train, test, source
 
 
@@ -75,8 +83,7 @@ def train_cnn(config: ImageConfig) -> Path:
     x_train = to_tensor(train.images)
     mean = x_train.mean(dim=(0, 2, 3))
     std = x_train.std(dim=(0, 2, 3))
-    model = cnn_arch.SmallResNet(len(train.classes), widths=config.widths,
-                                 strides=config.strides)  # fmt: skip
+    model = cnn_arch.SmallResNet(len(train.classes), widths=config.widths, strides=config.strides)
     generator = torch.Generator().manual_seed(config.seed)
     steps = math.ceil(len(train) / config.batch_size)
     y_train = torch.from_numpy(train.labels)
@@ -88,38 +95,63 @@ def train_cnn(config: ImageConfig) -> Path:
             images = augment(x_train[index], generator)
             yield normalise(images, mean, std), y_train[index]
 
-    fit_one_cycle(model, batches, steps, config.epochs, F.cross_entropy, lr=config.lr,
-                  weight_decay=config.weight_decay, desc=f"training {config.name}")  # fmt: skip
+    fit_one_cycle(
+        model,
+        batches,
+        steps,
+        config.epochs,
+        F.cross_entropy,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        desc=f"training {config.name}",
+    )
     layer_name = f"features.{len(config.widths) - 1}"
     evaluation = evaluate(model, find_layer(model, layer_name), test, mean, std)
     print(format_evaluation(evaluation))
-    args = {"num_classes": len(train.classes), "widths": list(config.widths),
-            "strides": list(config.strides)}  # fmt: skip
+    args = {
+        "num_classes": len(train.classes),
+        "widths": list(config.widths),
+        "strides": list(config.strides),
+    }
     metadata = {
         "classes": list(train.classes),
         "input": {"size": [SIZE, SIZE], "mean": mean.tolist(), "std": std.tolist()},
         "explain": {"layer": layer_name, "tail": "classify"},
         "evaluation": evaluation,
         "data": source,
-        "training": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
-                     "weight_decay": config.weight_decay, "optimizer": "AdamW",
-                     "schedule": "one-cycle"},  # fmt: skip
+        "training": {
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "weight_decay": config.weight_decay,
+            "optimizer": "AdamW",
+            "schedule": "one-cycle",
+        },
     }
     index_to_name = {str(i): c for i, c in enumerate(train.classes)}
     return write_archive(
-        name=config.name, kind="image", model=model,
-        architecture_file=Path(cnn_arch.__file__), architecture_args=args,
-        metadata=metadata, out_dir=config.out,
+        name=config.name,
+        kind="image",
+        model=model,
+        architecture_file=Path(cnn_arch.__file__),
+        architecture_args=args,
+        metadata=metadata,
+        out_dir=config.out,
         extra_files={"index_to_name.json": json.dumps(index_to_name, indent=2)},
-    )  # fmt: skip
+    )
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
-def evaluate(model: torch.nn.Module, layer: torch.nn.Module, test: ShapesData,
-             mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    test: ShapesData,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> dict[str, Any]:
     """Accuracy on the held-out split and, where boxes are known, the activation pointing game."""
     model.eval()
     inputs = normalise(to_tensor(test.images), mean, std)

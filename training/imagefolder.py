@@ -12,8 +12,9 @@ from training.shapes import ShapesData
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def load_image_folder(root: Path, size: int, seed: int = 0,
-                      test_fraction: float = 0.2) -> tuple[ShapesData, ShapesData]:  # fmt: skip
+def load_image_folder(
+    root: Path, size: int, seed: int = 0, test_fraction: float = 0.2
+) -> tuple[ShapesData, ShapesData]:
     """Read every image, resize to `size`, split by a seeded shuffle into train and test.
 
     A root with `train/` and `test/` (or `valid/`) subfolders keeps that split instead.

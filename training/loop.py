@@ -35,9 +35,16 @@ def fit_one_cycle(
         torch.set_num_threads(previous)
 
 
-def _fit(model: nn.Module, batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int,
-         epochs: int, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr: float,
-         weight_decay: float, desc: str) -> list[float]:  # fmt: skip
+def _fit(
+    model: nn.Module,
+    batches: Callable[[int], Iterable[Batch]],
+    steps_per_epoch: int,
+    epochs: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lr: float,
+    weight_decay: float,
+    desc: str,
+) -> list[float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch

@@ -36,10 +36,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COLUMNS = ["Store", "StoreType", "Assortment", "DayOfWeek", "Date", "Promo", "StateHoliday",
-           "SchoolHoliday", "CompetitionDistance", "Promo2"]  # fmt: skip
-CATEGORICAL = ["Store", "StoreType", "Assortment", "DayOfWeek", "Promo", "StateHoliday",
-               "SchoolHoliday", "Promo2"]  # fmt: skip
+COLUMNS = [
+    "Store",
+    "StoreType",
+    "Assortment",
+    "DayOfWeek",
+    "Date",
+    "Promo",
+    "StateHoliday",
+    "SchoolHoliday",
+    "CompetitionDistance",
+    "Promo2",
+]
+CATEGORICAL = [
+    "Store",
+    "StoreType",
+    "Assortment",
+    "DayOfWeek",
+    "Promo",
+    "StateHoliday",
+    "SchoolHoliday",
+    "Promo2",
+]
 CONTINUOUS = ["CompetitionDistance"]
 DATE = ["Date"]
 TARGET = "Sales"
@@ -78,8 +96,9 @@ class Rossmann:
         return float(np.sqrt(np.mean(((sales - best) / sales) ** 2)))
 
 
-def make_rossmann(n_stores: int = 60, years: int = 2, sigma: float = 0.1, seed: int = 0,
-                  start: str = "2013-01-01") -> Rossmann:  # fmt: skip
+def make_rossmann(
+    n_stores: int = 60, years: int = 2, sigma: float = 0.1, seed: int = 0, start: str = "2013-01-01"
+) -> Rossmann:
     """Daily sales of `n_stores` stores over `years` years from `start`, closed days dropped."""
     rng = np.random.default_rng(seed)
     first = np.datetime64(start, "D")
@@ -131,16 +150,18 @@ def _stores(n: int, days: np.ndarray, rng: np.random.Generator) -> dict[str, np.
     }
 
 
-def _refits(values: list[str], p: list[float], n: int, n_days: int,
-            rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def _refits(
+    values: list[str], p: list[float], n: int, n_days: int, rng: np.random.Generator
+) -> np.ndarray:
     """[S, D] attribute per store and day: a third of stores change it once, on a random day."""
     before, after = rng.choice(values, n, p=p), rng.choice(values, n, p=p)
     change = np.where(rng.random(n) < 1 / 3, rng.integers(30, n_days - 30, n), n_days)
     return np.where(np.arange(n_days)[None, :] < change[:, None], before[:, None], after[:, None])
 
 
-def _daily(stores: dict[str, np.ndarray], days: np.ndarray,
-           rng: np.random.Generator) -> dict[str, np.ndarray]:  # fmt: skip
+def _daily(
+    stores: dict[str, np.ndarray], days: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Every column and effect on the [S, D] grid, flattened store-major, plus `open`."""
     n, n_days = len(stores["level"]), len(days)
     day_index = np.arange(n_days)[None, :]
@@ -148,8 +169,9 @@ def _daily(stores: dict[str, np.ndarray], days: np.ndarray,
     month = days.astype("datetime64[M]").astype(int) % 12 + 1
     holiday = _state_holidays(days)[stores["state"]]  # [S, D] of "0"/"a"/"b"/"c"
     school = _school_holidays(days)[stores["state"]]
-    promo = (weekday[None, :] < 5) & (((days.astype(int)[None, :] + stores["promo_phase"][:, None])
-                                       // 7) % 2 == 0)  # fmt: skip
+    promo = (weekday[None, :] < 5) & (
+        ((days.astype(int)[None, :] + stores["promo_phase"][:, None]) // 7) % 2 == 0
+    )
     intervals = np.array(PROMO2_INTERVALS)[stores["promo2_interval"]]  # [S, 4]
     promo2 = (day_index >= stores["promo2_from"][:, None]) & (
         (month[None, :, None] == intervals[:, None, :]).any(axis=2)
@@ -193,12 +215,22 @@ def _state_holidays(days: np.ndarray) -> np.ndarray:
     position = {day: i for i, day in enumerate(days.astype(object))}
     for year in sorted({day.year for day in position}):
         easter = _easter(year)
-        national = {dt.date(year, 1, 1): "a", dt.date(year, 5, 1): "a", dt.date(year, 10, 3): "a",
-                    easter - dt.timedelta(days=2): "b", easter + dt.timedelta(days=1): "b",
-                    easter + dt.timedelta(days=39): "a", easter + dt.timedelta(days=50): "a",
-                    dt.date(year, 12, 25): "c", dt.date(year, 12, 26): "c"}  # fmt: skip
-        regional = {dt.date(year, 1, 6): [0], dt.date(year, 11, 1): [1, 2],
-                    easter + dt.timedelta(days=60): [0, 3]}  # fmt: skip
+        national = {
+            dt.date(year, 1, 1): "a",
+            dt.date(year, 5, 1): "a",
+            dt.date(year, 10, 3): "a",
+            easter - dt.timedelta(days=2): "b",
+            easter + dt.timedelta(days=1): "b",
+            easter + dt.timedelta(days=39): "a",
+            easter + dt.timedelta(days=50): "a",
+            dt.date(year, 12, 25): "c",
+            dt.date(year, 12, 26): "c",
+        }
+        regional = {
+            dt.date(year, 1, 6): [0],
+            dt.date(year, 11, 1): [1, 2],
+            easter + dt.timedelta(days=60): [0, 3],
+        }
         for day, code in national.items():
             if day in position:
                 codes[:, position[day]] = code

@@ -79,8 +79,20 @@ def _outline(kind: str, r: float, angle: float) -> list[tuple[float, float]]:
         corners = [(math.cos(t), math.sin(t)) for t in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
     else:  # cross: a plus sign with arms a third of the width
         a, b = 1.0, 0.33
-        corners = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b),
-                   (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]  # fmt: skip
+        corners = [
+            (-b, -a),
+            (b, -a),
+            (b, -b),
+            (a, -b),
+            (a, b),
+            (b, b),
+            (b, a),
+            (-b, a),
+            (-b, b),
+            (-a, b),
+            (-a, -b),
+            (-b, -b),
+        ]
     c, s_ = math.cos(angle), math.sin(angle)
     return [(r * (x * c - y * s_), r * (x * s_ + y * c)) for x, y in corners]
 
@@ -90,7 +102,7 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     start, end = rng.uniform(0, 255, size=(2, 3))
     direction = rng.uniform(-1, 1, size=2)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    t = (xx * direction[0] + yy * direction[1])
+    t = xx * direction[0] + yy * direction[1]
     t = (t - t.min()) / (np.ptp(t) + 1e-6)
     return (start + (end - start) * t[..., None]).astype(np.uint8)
 

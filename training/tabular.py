@@ -82,17 +82,28 @@ class TabularData:
 def load_data(config: TabularConfig) -> TabularData:
     if config.csv is None:
         data = rossmann.make_rossmann(config.n_stores, config.years, seed=config.seed)
-        source = {"dataset": "generated rossmann", "n_stores": config.n_stores,
-                  "years": config.years, "sigma": data.sigma, "seed": config.seed}  # fmt: skip
-        return TabularData(data.table, rossmann.CATEGORICAL, rossmann.CONTINUOUS,
-                           rossmann.DATE, rossmann.TARGET, source, data)  # fmt: skip
+        source = {
+            "dataset": "generated rossmann",
+            "n_stores": config.n_stores,
+            "years": config.years,
+            "sigma": data.sigma,
+            "seed": config.seed,
+        }
+        return TabularData(
+            data.table,
+            rossmann.CATEGORICAL,
+            rossmann.CONTINUOUS,
+            rossmann.DATE,
+            rossmann.TARGET,
+            source,
+            data,
+        )
     table = read_csv(config.csv, config.cat, config.cont, config.date, config.target)
     source = {"dataset": "csv", "path": str(config.csv), "rows": len(table[config.target])}
     return TabularData(table, config.cat, config.cont, config.date, config.target, source)
 
 
-def read_csv(path: Path, cat: list[str], cont: list[str], date: list[str],
-             target: str) -> Table:  # fmt: skip
+def read_csv(path: Path, cat: list[str], cont: list[str], date: list[str], target: str) -> Table:
     """The named columns of a CSV; rows whose target is missing or not positive are dropped
     (the model learns log(target), and zero rows are closed days in Rossmann's sense)."""
     with open(path, newline="") as file:
@@ -102,8 +113,12 @@ def read_csv(path: Path, cat: list[str], cont: list[str], date: list[str],
             if name not in header:
                 raise ValueError(f"{path} has no column {name!r}; its columns are {header}")
         rows = list(reader)
-    columns = ([Column(c, "categorical") for c in cat] + [Column(c, "continuous") for c in cont]
-               + [Column(d, "date") for d in date] + [Column(target, "continuous")])  # fmt: skip
+    columns = (
+        [Column(c, "categorical") for c in cat]
+        + [Column(c, "continuous") for c in cont]
+        + [Column(d, "date") for d in date]
+        + [Column(target, "continuous")]
+    )
     table = read_rows(rows, columns)
     keep = table[target] > 0  # NaN compares False
     return {name: values[keep] for name, values in table.items()}
@@ -168,48 +183,74 @@ def train_tabular(config: TabularConfig) -> Path:
     fit(model, x_train, y_train, config)
     evaluation = evaluate(model, x_valid, valid[data.target])
     if config.gbm:
-        evaluation["gbm_rmspe"] = gbm_rmspe(procs, x_train, train[data.target], x_valid,
-                                            valid[data.target], config.seed)  # fmt: skip
+        evaluation["gbm_rmspe"] = gbm_rmspe(
+            procs, x_train, train[data.target], x_valid, valid[data.target], config.seed
+        )
     if data.truth is not None:
         evaluation["noise_floor_rmspe"] = data.truth.noise_floor(valid_index)
     print(format_table(evaluation))
     valid_from = str(valid[data.date[0]].min()) if data.date else None
-    split = {"valid_fraction": config.valid_fraction, "valid_from": valid_from,
-             "n_train": len(train_index), "n_valid": len(valid_index)}  # fmt: skip
+    split = {
+        "valid_fraction": config.valid_fraction,
+        "valid_from": valid_from,
+        "n_train": len(train_index),
+        "n_valid": len(valid_index),
+    }
     metadata = {
         "target": data.target,
         "procs": procs.to_json(),
         "schema": [asdict(column) for column in procs.schema()],
-        "explain": {"references": references(model, procs, x_train, config.references,
-                                             config.seed)},
+        "explain": {
+            "references": references(model, procs, x_train, config.references, config.seed)
+        },
         "evaluation": evaluation,
         "data": {**data.source, "split": split},
-        "training": {"epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size,
-                     "weight_decay": config.weight_decay, "optimizer": "AdamW",
-                     "schedule": "one-cycle", "loss": "MSE on log(target)"},  # fmt: skip
+        "training": {
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "weight_decay": config.weight_decay,
+            "optimizer": "AdamW",
+            "schedule": "one-cycle",
+            "loss": "MSE on log(target)",
+        },
     }
     return write_archive(
-        name=config.name, kind="tabular", model=model,
-        architecture_file=Path(tabular_arch.__file__), architecture_args=args,
-        metadata=metadata, out_dir=config.out,
-    )  # fmt: skip
+        name=config.name,
+        kind="tabular",
+        model=model,
+        architecture_file=Path(tabular_arch.__file__),
+        architecture_args=args,
+        metadata=metadata,
+        out_dir=config.out,
+    )
 
 
-def build_model(procs: TabularProcs, y_train: torch.Tensor,
-                config: TabularConfig) -> tuple[tabular_arch.TabularModel, dict[str, Any]]:
+def build_model(
+    procs: TabularProcs, y_train: torch.Tensor, config: TabularConfig
+) -> tuple[tabular_arch.TabularModel, dict[str, Any]]:
     """The model and its architecture arguments. Embedding sizes follow fastai's rule;
     y_range is the training log-target range, padded by log(1.2) at least on each side."""
     low, high = float(y_train.min()), float(y_train.max())
     pad = max(0.1 * (high - low), math.log(1.2))
     emb_szs = [(n, tabular_arch.embedding_size(n)) for n in procs.cardinalities]
-    args: dict[str, Any] = {"emb_szs": emb_szs, "n_cont": len(procs.cont_names),
-                            "layers": list(config.layers), "ps": list(config.ps),
-                            "emb_drop": config.emb_drop, "y_range": [low - pad, high + pad]}
+    args: dict[str, Any] = {
+        "emb_szs": emb_szs,
+        "n_cont": len(procs.cont_names),
+        "layers": list(config.layers),
+        "ps": list(config.ps),
+        "emb_drop": config.emb_drop,
+        "y_range": [low - pad, high + pad],
+    }
     return tabular_arch.TabularModel(**args), args
 
 
-def fit(model: tabular_arch.TabularModel, x: tuple[np.ndarray, np.ndarray], y: torch.Tensor,
-        config: TabularConfig) -> None:  # fmt: skip
+def fit(
+    model: tabular_arch.TabularModel,
+    x: tuple[np.ndarray, np.ndarray],
+    y: torch.Tensor,
+    config: TabularConfig,
+) -> None:
     codes, cont = torch.from_numpy(x[0]), torch.from_numpy(x[1])
     generator = torch.Generator().manual_seed(config.seed)
     steps = max(1, len(y) // config.batch_size)  # full batches only: BatchNorm needs > 1 row
@@ -221,9 +262,17 @@ def fit(model: tabular_arch.TabularModel, x: tuple[np.ndarray, np.ndarray], y: t
             yield (codes[index], cont[index]), y[index]
 
     # A small MLP gains little from threads and loses a lot on busy cores: one thread.
-    fit_one_cycle(Packed(model), batches, steps, config.epochs, F.mse_loss, lr=config.lr,
-                  weight_decay=config.weight_decay, desc=f"training {config.name}",
-                  threads=1)  # fmt: skip
+    fit_one_cycle(
+        Packed(model),
+        batches,
+        steps,
+        config.epochs,
+        F.mse_loss,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        desc=f"training {config.name}",
+        threads=1,
+    )
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -239,27 +288,43 @@ def predict(model: torch.nn.Module, x: tuple[np.ndarray, np.ndarray]) -> np.ndar
     return np.exp(out.double().numpy())
 
 
-def evaluate(model: torch.nn.Module, x_valid: tuple[np.ndarray, np.ndarray],
-             y_valid: np.ndarray) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    model: torch.nn.Module, x_valid: tuple[np.ndarray, np.ndarray], y_valid: np.ndarray
+) -> dict[str, Any]:
     return {"rmspe": rmspe(y_valid, predict(model, x_valid)), "n_valid": len(y_valid)}
 
 
-def gbm_rmspe(procs: TabularProcs, x_train: tuple[np.ndarray, np.ndarray], y_train: np.ndarray,
-              x_valid: tuple[np.ndarray, np.ndarray], y_valid: np.ndarray, seed: int) -> float:
+def gbm_rmspe(
+    procs: TabularProcs,
+    x_train: tuple[np.ndarray, np.ndarray],
+    y_train: np.ndarray,
+    x_valid: tuple[np.ndarray, np.ndarray],
+    y_valid: np.ndarray,
+    seed: int,
+) -> float:
     """HistGradientBoostingRegressor on the same processed features, log target (200 rounds
     scored best of 200 / 500 / 1000 on the default data: 0.115 / 0.117 / 0.120)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     categorical = [n <= 255 for n in procs.cardinalities] + [False] * len(procs.cont_names)
-    gbm = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1, early_stopping=False,
-                                        categorical_features=categorical, random_state=seed)
+    gbm = HistGradientBoostingRegressor(
+        max_iter=200,
+        learning_rate=0.1,
+        early_stopping=False,
+        categorical_features=categorical,
+        random_state=seed,
+    )
     gbm.fit(np.hstack(x_train), np.log(y_train))
     return rmspe(y_valid, np.exp(gbm.predict(np.hstack(x_valid))))
 
 
-def references(model: tabular_arch.TabularModel, procs: TabularProcs,
-               x_train: tuple[np.ndarray, np.ndarray], k: int,
-               seed: int) -> dict[str, list[list[float]]]:  # fmt: skip
+def references(
+    model: tabular_arch.TabularModel,
+    procs: TabularProcs,
+    x_train: tuple[np.ndarray, np.ndarray],
+    k: int,
+    seed: int,
+) -> dict[str, list[list[float]]]:
     """K reference rows in model-input space ([K, E] embedding outputs, [K, C] continuous)
     whose every raw column follows its training distribution: per column, a systematic
     sample of the training rows sorted by that column's values (so K rows cover all stores,
@@ -278,15 +343,19 @@ def references(model: tabular_arch.TabularModel, procs: TabularProcs,
         rows = np.lexsort(keys[::-1])[positions]
         index = torch.from_numpy(np.flatnonzero(owners == column))
         chosen[:, index] = features[rng.permutation(rows)][:, index]
-    return {"embedded": chosen[:, : model.n_emb].tolist(),
-            "continuous": chosen[:, model.n_emb :].tolist()}  # fmt: skip
+    return {
+        "embedded": chosen[:, : model.n_emb].tolist(),
+        "continuous": chosen[:, model.n_emb :].tolist(),
+    }
 
 
 def format_table(evaluation: dict[str, Any]) -> str:
     """The network, the GBM baseline and the noise floor, RMSPE on the later period."""
-    rows = [("network", evaluation.get("rmspe")),
-            ("gradient boosting", evaluation.get("gbm_rmspe")),
-            ("noise floor", evaluation.get("noise_floor_rmspe"))]  # fmt: skip
+    rows = [
+        ("network", evaluation.get("rmspe")),
+        ("gradient boosting", evaluation.get("gbm_rmspe")),
+        ("noise floor", evaluation.get("noise_floor_rmspe")),
+    ]
     lines = [f"{'RMSPE, later period':<22}{'value':>8}"]
     lines += [f"{name:<22}{value:>8.4f}" for name, value in rows if value is not None]
     return "\n".join(lines)

@@ -189,6 +189,7 @@ def build(kind: str, name: str, raw: dict[str, Any]) -> Explainer:
     """The method `name` for a model of `kind`, with validated parameters; SchemaError otherwise."""
     available = methods_for(kind)
     if name not in available:
-        raise SchemaError(f"unknown explanation method {name!r} for a {kind} model; "
-                          f"choose from {available}")  # fmt: skip
+        raise SchemaError(
+            f"unknown explanation method {name!r} for a {kind} model; choose from {available}"
+        )
     return REGISTRY[name](**raw)

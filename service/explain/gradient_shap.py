@@ -30,6 +30,10 @@ class GradientShap(Explainer):
         with seeded(self.options["seed"]):
             baselines = torch.randn(self.options["baselines"], *inputs.shape[1:])
             maps = CaptumGradientShap(batch.model).attribute(
-                inputs, baselines=baselines, target=batch.targets,
-                n_samples=self.options["samples"], stdevs=self.options["stdev"])  # fmt: skip
+                inputs,
+                baselines=baselines,
+                target=batch.targets,
+                n_samples=self.options["samples"],
+                stdevs=self.options["stdev"],
+            )
         return maps.sum(dim=1)

@@ -33,8 +33,12 @@ class IntegratedGradients(Explainer):
     summary = "Integrated Gradients from a zero (mean-colour) or training-mean baseline (Captum)."
     params = {
         "steps": Param(int, 50, 1, 1000, "points on the path from the baseline"),
-        "baseline": Param(str, "blur", choices=("blur", "zeros"),
-                          help="images: start from a blurred copy or from the mean colour"),
+        "baseline": Param(
+            str,
+            "blur",
+            choices=("blur", "zeros"),
+            help="images: start from a blurred copy or from the mean colour",
+        ),
         "internal_batch_size": Param(int, None, 1, 100_000, "path points per forward pass"),
     }
 
@@ -47,9 +51,12 @@ class IntegratedGradients(Explainer):
         inputs = batch.inputs.detach()
         baselines = blur(inputs) if self.options["baseline"] == "blur" else torch.zeros_like(inputs)
         attributions, delta = CaptumIG(batch.model).attribute(
-            inputs, baselines=baselines, target=batch.targets,
-            return_convergence_delta=True, **self._captum_options(),
-        )  # fmt: skip
+            inputs,
+            baselines=baselines,
+            target=batch.targets,
+            return_convergence_delta=True,
+            **self._captum_options(),
+        )
         self.last_delta = delta.detach().cpu().numpy()
         return attributions.sum(dim=1)
 
@@ -59,13 +66,16 @@ class IntegratedGradients(Explainer):
         k = batch.baseline_embedded.shape[0]
         budget = max(self.options["internal_batch_size"] or TABULAR_CHUNK, k)
         rows = budget // k  # input rows per Captum call: rows * K paths, one path point each
-        parts = [self._paths(batch, start, rows, budget)
-                 for start in range(0, batch.embedded.shape[0], rows)]  # fmt: skip
+        parts = [
+            self._paths(batch, start, rows, budget)
+            for start in range(0, batch.embedded.shape[0], rows)
+        ]
         self.last_delta = torch.cat([delta for _, _, delta in parts]).numpy()
         return torch.cat([e for e, _, _ in parts]), torch.cat([c for _, c, _ in parts])
 
-    def _paths(self, batch: TabularBatch, start: int, rows: int,
-               budget: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _paths(
+        self, batch: TabularBatch, start: int, rows: int, budget: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """IG of rows [start, start + rows) from every reference, averaged over references."""
         embedded = batch.embedded[start : start + rows].detach()
         continuous = batch.continuous[start : start + rows].detach()
@@ -73,15 +83,23 @@ class IntegratedGradients(Explainer):
         inputs = (embedded.repeat_interleave(k, dim=0), continuous.repeat_interleave(k, dim=0))
         baselines = (batch.baseline_embedded.repeat(n, 1), batch.baseline_continuous.repeat(n, 1))
         (attr_e, attr_c), delta = CaptumIG(batch.head).attribute(
-            inputs, baselines=baselines, return_convergence_delta=True,
-            n_steps=self.options["steps"], internal_batch_size=budget,
-        )  # fmt: skip
-        return (attr_e.view(n, k, -1).mean(dim=1), attr_c.view(n, k, -1).mean(dim=1),
-                delta.detach().view(n, k).mean(dim=1))  # fmt: skip
+            inputs,
+            baselines=baselines,
+            return_convergence_delta=True,
+            n_steps=self.options["steps"],
+            internal_batch_size=budget,
+        )
+        return (
+            attr_e.view(n, k, -1).mean(dim=1),
+            attr_c.view(n, k, -1).mean(dim=1),
+            delta.detach().view(n, k).mean(dim=1),
+        )
 
     def extras(self, index: int) -> dict[str, Any]:
         return {"convergence_delta": float(self.last_delta[index])}
 
     def _captum_options(self) -> dict[str, Any]:
-        return {"n_steps": self.options["steps"],
-                "internal_batch_size": self.options["internal_batch_size"]}  # fmt: skip
+        return {
+            "n_steps": self.options["steps"],
+            "internal_batch_size": self.options["internal_batch_size"],
+        }

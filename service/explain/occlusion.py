@@ -23,7 +23,11 @@ class Occlusion(Explainer):
     def attribute(self, batch: ImageBatch) -> torch.Tensor:
         window, stride = self.options["window"], self.options["stride"]
         maps = CaptumOcclusion(batch.model).attribute(
-            batch.inputs.detach(), target=batch.targets, baselines=0.0,
-            sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
-            perturbations_per_eval=self.options["internal_batch_size"])  # fmt: skip
+            batch.inputs.detach(),
+            target=batch.targets,
+            baselines=0.0,
+            sliding_window_shapes=(3, window, window),
+            strides=(3, stride, stride),
+            perturbations_per_eval=self.options["internal_batch_size"],
+        )
         return maps.sum(dim=1)

@@ -27,7 +27,11 @@ class SmoothGrad(Explainer):
         tunnel = NoiseTunnel(Saliency(batch.model))
         with seeded(self.options["seed"]):
             grads = tunnel.attribute(
-                batch.inputs.detach().requires_grad_(), nt_type="smoothgrad", target=batch.targets,
-                nt_samples=self.options["samples"], stdevs=self.options["stdev"],
-                nt_samples_batch_size=self.options["samples"])  # fmt: skip
+                batch.inputs.detach().requires_grad_(),
+                nt_type="smoothgrad",
+                target=batch.targets,
+                nt_samples=self.options["samples"],
+                stdevs=self.options["stdev"],
+                nt_samples_batch_size=self.options["samples"],
+            )
         return grads.amax(dim=1)

@@ -90,12 +90,12 @@ class ImageHandler(GlimpseHandler):
             for row_v, row_i in zip(values, indices, strict=True)
         ]
 
-    def explain(self, result: Inference, explainer: Explainer,
-                targets: torch.Tensor) -> np.ndarray:  # fmt: skip
+    def explain(self, result: Inference, explainer: Explainer, targets: torch.Tensor) -> np.ndarray:
         """[N, h, w] map of `explainer` for each input's target."""
         assert self.model is not None
-        batch = ImageBatch(self.model, self.layer, result.inputs, targets, result.activations,
-                           self.tail)  # fmt: skip
+        batch = ImageBatch(
+            self.model, self.layer, result.inputs, targets, result.activations, self.tail
+        )
         return explainer.explain(batch)
 
     def describe(self) -> dict[str, Any]:

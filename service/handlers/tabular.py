@@ -39,8 +39,10 @@ class TabularHandler(GlimpseHandler):
         self.columns = self.procs.schema()
         self.target: str = meta["target"]
         references = meta["explain"]["references"]
-        self.references = (torch.tensor(references["embedded"], dtype=torch.float32),
-                           torch.tensor(references["continuous"], dtype=torch.float32))  # fmt: skip
+        self.references = (
+            torch.tensor(references["embedded"], dtype=torch.float32),
+            torch.tensor(references["continuous"], dtype=torch.float32),
+        )
         self.grouping = self._grouping()
         with torch.no_grad():
             self.base_value = float(self.model_head(*self.references).mean())
@@ -85,8 +87,12 @@ class TabularHandler(GlimpseHandler):
             return []
         return torch.exp(self.forward(rows).double()).tolist()
 
-    def explain_rows(self, rows: Sequence[Row], method: Explainer | str = "integrated_gradients",
-                     params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    def explain_rows(
+        self,
+        rows: Sequence[Row],
+        method: Explainer | str = "integrated_gradients",
+        params: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
         """Per row: prediction, base_value, attributions per raw column, convergence_delta.
 
         `method` is a built explainer (the pipeline's) or a method name with `params`.
@@ -135,8 +141,11 @@ class TabularHandler(GlimpseHandler):
         return grouping
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "target": self.target,
-                "input": {"type": "tabular", "columns": self.column_schema()}}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "input": {"type": "tabular", "columns": self.column_schema()},
+        }
 
     def column_schema(self) -> list[dict[str, Any]]:
         """Each raw column: name, type, required, and its categories or fill value."""
@@ -144,8 +153,11 @@ class TabularHandler(GlimpseHandler):
         assert categorify.categories is not None and fill.medians is not None
         described = []
         for column in self.columns:
-            entry: dict[str, Any] = {"name": column.name, "type": column.type,
-                                     "required": column.required}  # fmt: skip
+            entry: dict[str, Any] = {
+                "name": column.name,
+                "type": column.type,
+                "required": column.required,
+            }
             if column.type == "categorical":
                 entry["categories"] = categorify.categories[column.name][1:]
                 entry["unknown"] = "mapped to #na#"
@@ -155,4 +167,3 @@ class TabularHandler(GlimpseHandler):
                 entry["format"] = "ISO 8601 date, e.g. 2015-07-31"
             described.append(entry)
         return described
-

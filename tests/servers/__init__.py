@@ -27,8 +27,9 @@ def running(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[byt
                 process.wait()
 
 
-def wait_until_ok(url: str, process: subprocess.Popen[bytes], log_path: Path,
-                  timeout: float = 90) -> None:  # fmt: skip
+def wait_until_ok(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 90
+) -> None:
     """Poll `url` until it answers 200; fail with the log's tail if the process dies or hangs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:

@@ -29,8 +29,17 @@ def glimpse(archives: list[Path], workdir: Path) -> Iterator[Glimpse]:
     for archive in archives:
         shutil.copy(archive, store / archive.name)
     http_port, grpc_port = free_port(), free_port()
-    command = [sys.executable, "-m", "service", "--model-store", str(store),
-               "--http-port", str(http_port), "--grpc-port", str(grpc_port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--model-store",
+        str(store),
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+    ]
     log = workdir / "glimpse.log"
     with running(command, log) as process:
         server = Glimpse(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process)

@@ -47,8 +47,12 @@ def prometheus(target: str, workdir: Path) -> Iterator[Prometheus]:
         f"      - targets: ['{target}']\n"
     )
     port = free_port()
-    command = [binary("prometheus"), f"--config.file={config}",
-               f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
+    command = [
+        binary("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     log = workdir / "prometheus.log"
     with running(command, log) as process:
         server = Prometheus(f"http://127.0.0.1:{port}", process)

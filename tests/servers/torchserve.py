@@ -28,31 +28,39 @@ class TorchServe:
 
 
 def _config(workdir: Path) -> tuple[Path, dict[str, int]]:
-    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inf",
-                                            "grpc_mgmt")}  # fmt: skip
-    text = "\n".join([
-        f"inference_address=http://127.0.0.1:{ports['inference']}",
-        f"management_address=http://127.0.0.1:{ports['management']}",
-        f"metrics_address=http://127.0.0.1:{ports['metrics']}",
-        "grpc_inference_address=127.0.0.1",
-        "grpc_management_address=127.0.0.1",
-        f"grpc_inference_port={ports['grpc_inf']}",
-        f"grpc_management_port={ports['grpc_mgmt']}",
-        "default_workers_per_model=1",
-        "install_py_dep_per_model=false",
-        "disable_token_authorization=true",
-        "metrics_mode=prometheus",
-        "enable_envvars_config=false",
-        f"model_store={workdir / 'store'}",
-    ])  # fmt: skip
+    ports = {
+        name: free_port()
+        for name in ("inference", "management", "metrics", "grpc_inf", "grpc_mgmt")
+    }
+    text = "\n".join(
+        [
+            f"inference_address=http://127.0.0.1:{ports['inference']}",
+            f"management_address=http://127.0.0.1:{ports['management']}",
+            f"metrics_address=http://127.0.0.1:{ports['metrics']}",
+            "grpc_inference_address=127.0.0.1",
+            "grpc_management_address=127.0.0.1",
+            f"grpc_inference_port={ports['grpc_inf']}",
+            f"grpc_management_port={ports['grpc_mgmt']}",
+            "default_workers_per_model=1",
+            "install_py_dep_per_model=false",
+            "disable_token_authorization=true",
+            "metrics_mode=prometheus",
+            "enable_envvars_config=false",
+            f"model_store={workdir / 'store'}",
+        ]
+    )
     path = workdir / "config.properties"
     path.write_text(text + "\n")
     return path, ports
 
 
 @contextmanager
-def torchserve(model_store: Path, models: dict[str, str], workdir: Path,
-               probe: tuple[str, bytes, dict[str, str]]) -> Iterator[TorchServe]:  # fmt: skip
+def torchserve(
+    model_store: Path,
+    models: dict[str, str],
+    workdir: Path,
+    probe: tuple[str, bytes, dict[str, str]],
+) -> Iterator[TorchServe]:
     """Run TorchServe with `models` (name -> .mar file name) until a real prediction answers.
 
     `probe` is (model, body, headers) for the readiness check: /ping says Healthy even
@@ -67,32 +75,55 @@ def torchserve(model_store: Path, models: dict[str, str], workdir: Path,
     logs = str(workdir / "logs")
     # TMPDIR: TorchServe keeps its pid file there, so concurrent servers must not share it.
     (workdir / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "LOG_LOCATION": logs,
-           "METRICS_LOCATION": logs, "TMPDIR": str(workdir / "tmp")}  # fmt: skip
-    command = [str(VENV_BIN / "torchserve"), "--start", "--ncs", "--ts-config", str(config),
-               "--model-store", str(store), "--disable-token-auth",
-               "--models", *[f"{n}={m}" for n, m in models.items()]]  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "LOG_LOCATION": logs,
+        "METRICS_LOCATION": logs,
+        "TMPDIR": str(workdir / "tmp"),
+    }
+    command = [
+        str(VENV_BIN / "torchserve"),
+        "--start",
+        "--ncs",
+        "--ts-config",
+        str(config),
+        "--model-store",
+        str(store),
+        "--disable-token-auth",
+        "--models",
+        *[f"{n}={m}" for n, m in models.items()],
+    ]
     subprocess.run(command, check=True, cwd=workdir, env=env, timeout=60)
-    server = TorchServe(f"http://127.0.0.1:{ports['inference']}",
-                        f"http://127.0.0.1:{ports['management']}",
-                        f"http://127.0.0.1:{ports['metrics']}", workdir)  # fmt: skip
+    server = TorchServe(
+        f"http://127.0.0.1:{ports['inference']}",
+        f"http://127.0.0.1:{ports['management']}",
+        f"http://127.0.0.1:{ports['metrics']}",
+        workdir,
+    )
     try:
         _wait_for_prediction(server, *probe)
         yield server
     finally:
-        subprocess.run([str(VENV_BIN / "torchserve"), "--stop"], cwd=workdir, env=env,
-                       timeout=60, check=False)  # fmt: skip
+        subprocess.run(
+            [str(VENV_BIN / "torchserve"), "--stop"], cwd=workdir, env=env, timeout=60, check=False
+        )
         _wait_for_exit(workdir)
 
 
-def _wait_for_prediction(server: TorchServe, model: str, body: bytes,
-                         headers: dict[str, str], timeout: float = 90) -> None:  # fmt: skip
+def _wait_for_prediction(
+    server: TorchServe, model: str, body: bytes, headers: dict[str, str], timeout: float = 90
+) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
-            response = httpx.post(f"{server.inference_url}/predictions/{model}", content=body,
-                                  headers=headers, timeout=10)  # fmt: skip
+            response = httpx.post(
+                f"{server.inference_url}/predictions/{model}",
+                content=body,
+                headers=headers,
+                timeout=10,
+            )
             if response.status_code == 200:
                 return
             last = f"{response.status_code} {response.text[:200]}"

@@ -23,9 +23,15 @@ class TabularModel(nn.Module):
     """Embeddings -> emb_drop, BatchNorm(cont) -> [Linear-BN-ReLU-Dropout] * layers -> Linear
     -> sigmoid scaled to `y_range`. Inputs codes [N, n_cat] int64, cont [N, n_cont]; out [N]."""
 
-    def __init__(self, emb_szs: list[tuple[int, int]], n_cont: int, layers: list[int],
-                 ps: list[float], emb_drop: float = 0.0,
-                 y_range: tuple[float, float] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        emb_szs: list[tuple[int, int]],
+        n_cont: int,
+        layers: list[int],
+        ps: list[float],
+        emb_drop: float = 0.0,
+        y_range: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__()
         if len(ps) != len(layers):
             raise ValueError(f"ps has {len(ps)} entries but there are {len(layers)} layers")
