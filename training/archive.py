@@ -14,16 +14,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-FORMAT_VERSION = 1
-ENTRYPOINTS = Path(__file__).resolve().parent.parent / "service" / "entrypoints"
+from service.handlers.base import FORMAT_VERSION
+
+# The handler entry points ship as package data of service.entrypoints, so a wheel has them too.
 HANDLERS = {
-    "image": ENTRYPOINTS / "glimpse_image_handler.py",
-    "tabular": ENTRYPOINTS / "glimpse_tabular_handler.py",
+    "image": "glimpse_image_handler.py",
+    "tabular": "glimpse_tabular_handler.py",
 }
 
 
@@ -45,7 +47,8 @@ def write_archive(
     `extra_files` maps file names to text contents that travel in the archive too.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    entrypoint = resources.files("service.entrypoints") / HANDLERS[kind]
+    with tempfile.TemporaryDirectory() as tmp, resources.as_file(entrypoint) as handler:
         staging = Path(tmp)
         weights = staging / f"{name}.pt"
         torch.save(model.state_dict(), weights)
@@ -74,7 +77,7 @@ def write_archive(
             "--serialized-file",
             str(weights),
             "--handler",
-            str(HANDLERS[kind]),
+            str(handler),
             "--extra-files",
             ",".join(str(staging / f) for f in files),
             "--export-path",
