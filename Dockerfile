@@ -7,16 +7,19 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends make openjdk-17-jre-headless \
  && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --create-home --uid 1000 glimpse
+# /app is made the user's own first: WORKDIR would create it as root, and `COPY --chown` does not
+# reliably change an existing directory's owner, so make could not create .venv in it.
+RUN useradd --create-home --uid 1000 glimpse && install -d -o glimpse -g glimpse /app
 WORKDIR /app
 COPY --chown=glimpse:glimpse . /app
 USER glimpse
 
-# The Makefile creates .venv, installs torch==2.13.0 (CPU) first, then the project.
+# The Makefile creates .venv, installs torch==2.13.0 (CPU) first, then the project with its
+# [train] extra: the same install and models as `make run`, which the container then runs.
 # The models are built at image build time, so a container starts serving at once.
 # Outside this project's build machines the CPU-only wheel comes from PyTorch's own index.
 ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
-RUN make .venv/.installed models TORCH_PIP_ARGS="$TORCH_PIP_ARGS"
+RUN make .venv/.installed-run models TORCH_PIP_ARGS="$TORCH_PIP_ARGS"
 
 ENV GLIMPSE_HOST=0.0.0.0
 EXPOSE 8000 50051

@@ -4,42 +4,52 @@ PYTHON ?= python3.11
 TORCH_PIP_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per install: `make run` needs the project and its [train] extra (it trains the models),
+# `make test` / `make lint` also the [dev] tools. Each is a superset-or-equal pip install on the
+# same venv, so running one after the other only adds what is missing.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+LINTED := training service tests bench scripts
 
 .PHONY: run test models lint proto clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): EXTRAS := train
+$(DEV_STAMP): EXTRAS := train,dev
+$(RUN_STAMP) $(DEV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# torch first, pinned to the CPU build, so no dependency can pull a CUDA torch.
 	$(BIN)/pip install torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(BIN)/pip install -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/pip install -e '.[$(EXTRAS)]'
+	touch $@
 
-model_store/cnn.mar: | $(STAMP)
+model_store/cnn.mar: | $(RUN_STAMP)
 	@echo "model_store/cnn.mar is missing: training the default CNN (a few minutes on 2 cores)"
 	$(BIN)/python -m training cnn --out model_store
 
-model_store/tabular.mar: | $(STAMP)
+model_store/tabular.mar: | $(RUN_STAMP)
 	@echo "model_store/tabular.mar is missing: training the default tabular model"
 	$(BIN)/python -m training tabular --out model_store
 
 models: model_store/cnn.mar model_store/tabular.mar
 
-run: $(STAMP) models
+run: $(RUN_STAMP) models
 	$(BIN)/python -m service --model-store model_store
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
 # Regenerate the gRPC stubs in service/proto/ from proto/glimpse/v1/glimpse.proto (checked in;
 # tests/test_grpc_stubs.py fails when they are stale).
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
-lint: $(STAMP)
-	$(BIN)/ruff check training service tests
-	$(BIN)/mypy training service
+# Settings in pyproject.toml: ruff's rules and format, mypy strict on service/, plain on training/.
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy --strict service
+	$(BIN)/mypy training
 
 clean:
 	rm -rf $(VENV) model_store/*.mar

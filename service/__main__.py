@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
-from service.config import ConfigError, Settings
+from service.config import ConfigError, Settings, parse_names
 from service.http import create_app
 from service.pipeline import Pipeline
 from service.runtime import Runtime
@@ -31,7 +31,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--max-body-bytes", type=int, help="largest accepted request body")
     parser.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
     args = parser.parse_args(argv)
-    models = tuple(args.models.split(",")) if args.models else None
+    models = parse_names("--models", args.models) if args.models else None
     try:
         return Settings.from_env(
             os.environ,

@@ -6,10 +6,13 @@ Example: ``Settings.from_env({"GLIMPSE_HTTP_PORT": "9000"}).http_port == 9000``
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
+
+from service.imaging import DEFAULT_MAX_PIXELS
 
 MIB = 1024 * 1024
 
@@ -26,7 +29,7 @@ class Settings:
     model_store: Path = Path("model_store")
     models: tuple[str, ...] = ()  # empty: every .mar in the model store
     max_body_bytes: int = 32 * MIB
-    max_image_pixels: int = 50_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 64
     grpc: bool = True
 
@@ -44,9 +47,10 @@ class Settings:
         """Defaults, then GLIMPSE_<FIELD> variables, then non-None `overrides` (flags)."""
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(f"GLIMPSE_{field.name.upper()}")
+            variable = env_variable(field.name)
+            raw = environ.get(variable)
             if raw is not None:
-                values[field.name] = _parse(field.name, field.type, raw)
+                values[field.name] = _FIELD_PARSERS[field.name](variable, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -71,17 +75,87 @@ class Settings:
         return paths
 
 
-def _parse(name: str, kind: Any, raw: str) -> Any:
-    kind = str(kind)
+def env_variable(field: str) -> str:
+    """The environment variable that sets `field`: ``max_queue`` -> ``GLIMPSE_MAX_QUEUE``."""
+    return f"GLIMPSE_{field.upper()}"
+
+
+# One parser per field type: (variable, raw text) -> value, or a ConfigError saying what to write.
+Parser = Callable[[str, str], Any]
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_int(variable: str, raw: str) -> int:
     try:
-        if "int" in kind:
-            return int(raw)
-        if "bool" in kind:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if "Path" in kind:
-            return Path(raw)
-        if "tuple" in kind:
-            return tuple(part for part in raw.split(",") if part)
+        return int(raw)
     except ValueError:
-        raise ConfigError(f"GLIMPSE_{name.upper()} must be a whole number, got {raw!r}") from None
-    return raw
+        raise ConfigError(
+            f"{variable} must be a whole number, got {raw!r}: write digits only, "
+            "without units or a decimal point"
+        ) from None
+
+
+def parse_float(variable: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{variable} must be a number, got {raw!r}: write e.g. 2.5") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{variable} must be a finite number, got {raw!r}")
+    return value
+
+
+def parse_bool(variable: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(
+        f"{variable} must be true or false, got {raw!r}: write one of "
+        f"{'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}"
+    )
+
+
+def parse_path(variable: str, raw: str) -> Path:
+    if not raw.strip():
+        raise ConfigError(f"{variable} is empty: write a directory, or unset it for the default")
+    return Path(raw)
+
+
+def parse_str(variable: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{variable} is empty: write a value, or unset it for the default")
+    return raw.strip()
+
+
+def parse_names(variable: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated names; blanks around commas are dropped, and empty means "none given"."""
+    return tuple(name for part in raw.split(",") if (name := part.strip()))
+
+
+PARSERS: dict[object, Parser] = {
+    int: parse_int,
+    float: parse_float,
+    bool: parse_bool,
+    Path: parse_path,
+    str: parse_str,
+    tuple[str, ...]: parse_names,
+}
+
+
+def _field_parsers() -> dict[str, Parser]:
+    """Each Settings field's parser, chosen from its real type (annotations are strings here)."""
+    hints = get_type_hints(Settings)
+    parsers = {}
+    for field in dataclasses.fields(Settings):
+        kind = hints[field.name]
+        if kind not in PARSERS:
+            raise TypeError(f"Settings.{field.name}: no parser for {kind!r}; add one to PARSERS")
+        parsers[field.name] = PARSERS[kind]
+    return parsers
+
+
+_FIELD_PARSERS = _field_parsers()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -16,6 +13,7 @@ from service.config import Settings
 from service.http import create_app
 from service.pipeline import Pipeline
 from service.runtime import Runtime
+from tests.helpers import png
 from training.image import ImageConfig, train_cnn
 from training.shapes import make_shapes
 
@@ -56,23 +54,6 @@ def shapes_png() -> bytes:
     """A held-out generated shape, upscaled to an odd size, as PNG bytes."""
     image = Image.fromarray(make_shapes(1, seed=123).images[0]).resize((97, 71))
     return png(image)
-
-
-def png(image: Image.Image, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=options.pop("format", "PNG"), **options)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
-def random_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -36,20 +36,8 @@ from service.pipeline import Pipeline
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from service.runtime import Runtime
-from tests.conftest import free_port
+from tests.helpers import ROW, free_port
 
-ROW = {
-    "Store": 1,
-    "StoreType": "a",
-    "Assortment": "c",
-    "DayOfWeek": 4,
-    "Date": "2013-10-10",
-    "Promo": 1,
-    "StateHoliday": "0",
-    "SchoolHoliday": 0,
-    "CompetitionDistance": 1250.0,
-    "Promo2": 0,
-}
 FAST = {"steps": "8", "samples": "4", "internal_batch_size": "64"}  # keeps costly methods quick
 
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import png, random_image
+from tests.helpers import png, random_image
 
 
 def _bomb() -> bytes:

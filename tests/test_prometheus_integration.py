@@ -12,23 +12,11 @@ import pytest
 
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
+from tests.helpers import ROW
 from tests.servers.glimpse import glimpse
 from tests.servers.prometheus import prometheus
 
 pytestmark = pytest.mark.integration
-
-ROW = {
-    "Store": 1,
-    "StoreType": "a",
-    "Assortment": "a",
-    "DayOfWeek": 3,
-    "Date": "2015-06-17",
-    "Promo": 1,
-    "Promo2": 0,
-    "StateHoliday": "0",
-    "SchoolHoliday": 0,
-    "CompetitionDistance": 500.0,
-}
 
 
 def send_http(base: str, png: bytes) -> dict[str, int]:

@@ -9,48 +9,12 @@ import httpx
 import pytest
 
 from service.archive import open_archive
+from tests.helpers import ROWS
 from tests.servers.torchserve import leftover_processes, torchserve
 from training.tabular import TabularConfig, train_tabular
 
 pytestmark = pytest.mark.integration
 
-ROWS = [
-    {
-        "Store": 1,
-        "StoreType": "a",
-        "Assortment": "c",
-        "DayOfWeek": 4,
-        "Date": "2013-10-10",
-        "Promo": 1,
-        "StateHoliday": "0",
-        "SchoolHoliday": 0,
-        "CompetitionDistance": 1250.0,
-        "Promo2": 0,
-    },
-    {
-        "Store": "2",
-        "StoreType": "d",
-        "Assortment": "a",
-        "DayOfWeek": 6,
-        "Date": "2013-12-21",
-        "Promo": 0,
-        "StateHoliday": "0",
-        "SchoolHoliday": 1,
-        "Promo2": 1,
-    },
-    {
-        "Store": 999,
-        "StoreType": "a",
-        "Assortment": "a",
-        "DayOfWeek": 1,
-        "Date": "2014-01-06",
-        "Promo": 1,
-        "StateHoliday": "a",
-        "SchoolHoliday": 0,
-        "CompetitionDistance": None,
-        "Promo2": 0,
-    },
-]
 JSON = {"content-type": "application/json"}
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.servers import running, wait_until_ok
 
 

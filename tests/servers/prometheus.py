@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.servers import running, wait_until_ok
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
