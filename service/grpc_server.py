@@ -24,14 +24,13 @@ from grpc_reflection.v1alpha import reflection
 
 from service.config import Settings
 from service.errors import BadInput, GlimpseError
-from service.pipeline import ExplainRequest, ImageExplanation, Pipeline, PredictRequest
+from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
-from service.runtime import Model
+from service.results import Explanation, ImageResult, MapResult, Prediction, TargetMaps
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Glimpse"].full_name  # "glimpse.v1.Glimpse"
 STREAM_WINDOW = 8  # stream inputs in flight at once; results still leave in order
-MAP_KEYS = {"height", "width", "values", "signed", "reduction", "overlay_png"}
 
 T = TypeVar("T")
 
@@ -140,19 +139,21 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
 
     # -- each RPC's work: decode, pipeline, encode -------------------------------------------
     async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
-        model = self.runtime.get(request.model)
-        inputs = decode_inputs(model, request.inputs)
-        results = await self.pipeline.predict(PredictRequest(model.name, inputs))
+        self.runtime.get(request.model)
+        inputs = decode_inputs(request.inputs)
+        results = await self.pipeline.predict(PredictRequest(request.model, inputs))
         return pb.PredictResponse(
-            model=model.name, predictions=[encode_prediction(r) for r in results]
+            model=request.model, predictions=[encode_prediction(r) for r in results]
         )
 
     async def _explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
-        model = self.runtime.get(request.model)
-        inputs = decode_inputs(model, request.inputs)
-        results, timings = await self.pipeline.explain(explain_request(model, inputs, request))
+        self.runtime.get(request.model)
+        inputs = decode_inputs(request.inputs)
+        results, timings = await self.pipeline.explain(explain_request(inputs, request))
         explanations = [encode_explanation(r) for r in results]
-        return pb.ExplainResponse(model=model.name, explanations=explanations, timings_ms=timings)
+        return pb.ExplainResponse(
+            model=request.model, explanations=explanations, timings_ms=timings
+        )
 
     async def _list_models(self) -> pb.ListModelsResponse:
         models = sorted(self.runtime.models.values(), key=lambda m: m.name)
@@ -167,9 +168,9 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.StreamExplainResponse:
         try:
-            model = self.runtime.get(item.model)
-            inputs = decode_inputs(model, [item.input])
-            work = self.pipeline.explain(explain_request(model, inputs, item))
+            self.runtime.get(item.model)
+            inputs = decode_inputs([item.input])
+            work = self.pipeline.explain(explain_request(inputs, item))
             results, timings = await asyncio.wait_for(work, context.time_remaining())
         except Exception as exc:  # noqa: BLE001 - one input's error is that input's result
             status, message = grpc_status(exc)
@@ -219,28 +220,21 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
 
 
 # -- decoding: protos -> the pipeline's requests ---------------------------------------------
-def decode_inputs(model: Model, inputs: Iterable[pb.Input]) -> list[Any]:
-    """Image bytes or row dicts, checked against the model's kind."""
-    return [decode_input(model, i, item) for i, item in enumerate(inputs)]
+def decode_inputs(inputs: Iterable[pb.Input]) -> list[Payload]:
+    """Each Input as a payload: a row's values, or an image file's bytes. The model's flow
+    says whether it takes that kind of input."""
+    return [decode_input(i, item) for i, item in enumerate(inputs)]
 
 
-def decode_input(model: Model, index: int, item: pb.Input) -> Any:
-    kind, which = model.handler.kind, item.WhichOneof("kind")
-    if kind == "image" and which != "image":
+def decode_input(index: int, item: pb.Input) -> Payload:
+    if item.HasField("row"):
+        return Payload({column: decode_value(v) for column, v in item.row.values.items()})
+    if not item.image:
         raise BadInput(
-            f"input {index}: {model.name} is an image model; "
-            "set Input.image to the image file's bytes"
+            f"input {index}: Input.image is empty; set it to the image file's bytes "
+            "(or Input.row to a row's column values, for a tabular model)"
         )
-    if kind == "tabular" and which != "row":
-        raise BadInput(
-            f"input {index}: {model.name} is a tabular model; "
-            "set Input.row to the row's column values"
-        )
-    if which == "image" and not item.image:
-        raise BadInput(f"input {index}: Input.image is empty; set it to the image file's bytes")
-    if which == "image":
-        return item.image
-    return {column: decode_value(value) for column, value in item.row.values.items()}
+    return Payload(item.image, "image/*")
 
 
 def decode_value(value: pb.Value) -> str | float | None:
@@ -253,12 +247,10 @@ def decode_value(value: pb.Value) -> str | float | None:
 
 
 def explain_request(
-    model: Model,
-    inputs: list[Any],
-    request: pb.ExplainRequest | pb.StreamExplainRequest,
+    inputs: list[Payload], request: pb.ExplainRequest | pb.StreamExplainRequest
 ) -> ExplainRequest:
     return ExplainRequest(
-        model.name,
+        request.model,
         inputs,
         list(request.methods),
         request.target or None,
@@ -268,65 +260,66 @@ def explain_request(
 
 
 # -- encoding: the pipeline's results -> protos -----------------------------------------------
-def encode_prediction(result: Any) -> pb.Prediction:
-    """An image model's {class: probability} or a tabular model's value."""
-    if isinstance(result, dict):
-        return pb.Prediction(classes=encode_classes(result))
-    return pb.Prediction(value=float(result))
+def encode_prediction(answer: Prediction) -> pb.Prediction:
+    """An image's {class: probability}, or the value predicted for an input's row."""
+    if isinstance(answer, dict):
+        return pb.Prediction(classes=encode_classes(answer))
+    if len(answer) != 1:
+        raise BadInput(f"an Input.row holds one row; this one gave {len(answer)} values")
+    return pb.Prediction(value=float(answer[0]))
 
 
 def encode_classes(probabilities: dict[str, float]) -> list[pb.ClassProbability]:
     return [pb.ClassProbability(label=k, probability=v) for k, v in probabilities.items()]
 
 
-def encode_explanation(result: ImageExplanation | dict[str, Any]) -> pb.Explanation:
-    if isinstance(result, ImageExplanation):
-        by_target = [
-            pb.TargetMaps(target=pb.Target(**target), maps=encode_maps(maps))
-            for target, maps in result.by_target
-        ]
+def encode_explanation(result: Explanation) -> pb.Explanation:
+    if isinstance(result, ImageResult):
+        first = result.targets[0]
+        several = result.targets if len(result.targets) > 1 else []
         return pb.Explanation(
             image=pb.ImageExplanation(
                 prediction=encode_classes(result.prediction),
-                target=pb.Target(**result.target),
-                maps=encode_maps(result.maps),
-                by_target=by_target,
+                target=encode_target(first),
+                maps=[encode_map(m) for m in first.maps],
+                by_target=[
+                    pb.TargetMaps(target=encode_target(t), maps=[encode_map(m) for m in t.maps])
+                    for t in several
+                ],
             )
         )
-    deltas = result["convergence_delta"]
     attributions = [
         pb.Attributions(
             method=method,
-            convergence_delta=deltas.get(method),
+            convergence_delta=result.convergence_delta.get(method),
             columns=[pb.ColumnAttribution(column=c, value=v) for c, v in by.items()],
         )
-        for method, by in result["attributions"].items()
+        for method, by in result.attributions.items()
     ]
     return pb.Explanation(
         row=pb.RowExplanation(
-            prediction=result["prediction"],
-            base_value=result["base_value"],
-            attributions=attributions,
+            prediction=result.prediction, base_value=result.base_value, attributions=attributions
         )
     )
 
 
-def encode_maps(maps: dict[str, dict[str, Any]]) -> list[pb.Map]:
-    return [encode_map(name, entry) for name, entry in maps.items()]
+def encode_target(entry: TargetMaps) -> pb.Target:
+    t = entry.target
+    return pb.Target(index=t.index, label=t.label, probability=t.probability)
 
 
-def encode_map(method: str, entry: dict[str, Any]) -> pb.Map:
+def encode_map(result: MapResult) -> pb.Map:
     """One method's [h, w] map, flattened row-major, with its overlay and extras."""
     extras = struct_pb2.Struct()
-    extras.update(_jsonable({k: v for k, v in entry.items() if k not in MAP_KEYS}))
+    extras.update(result.extras)
     return pb.Map(
-        method=method,
-        height=entry["height"],
-        width=entry["width"],
-        values=[v for row in entry["values"] for v in row],
-        signed=entry["signed"],
-        reduction=entry["reduction"],
-        overlay_png=entry.get("overlay_png", b""),
+        method=result.method,
+        height=result.values.shape[0],
+        width=result.values.shape[1],
+        values=result.values.ravel().tolist(),
+        signed=result.signed,
+        reduction=result.reduction,
+        overlay_png=result.overlay or b"",
         extras=extras,
     )
 

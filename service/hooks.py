@@ -11,7 +11,7 @@ from torch import nn
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule called `name` (as in `model.named_modules()`), or a clear KeyError."""
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     if name not in modules:
         raise KeyError(f"the model has no layer {name!r}; it has {sorted(modules)[:20]} ...")
     return modules[name]

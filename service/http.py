@@ -7,10 +7,12 @@ their GlimpseError carries; nothing a client sends yields a 500.
 
 from __future__ import annotations
 
+import base64
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,15 +21,10 @@ from starlette.routing import Match
 
 from service import __version__
 from service.config import Settings
-from service.errors import BadInput, GlimpseError, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadInput, GlimpseError, PayloadTooLarge
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE
-from service.pipeline import (
-    ExplainRequest,
-    ImageExplanation,
-    Pipeline,
-    PredictRequest,
-    as_base64,
-)
+from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
+from service.results import Explanation, ImageResult, MapResult, RowResult, TargetMaps
 
 ROUTE_PARAMS = {"methods", "method", "target", "overlay"}
 
@@ -90,28 +87,24 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
     async def predictions(name: str, request: Request) -> Any:
         """Image bytes (raw body or multipart `data`) or JSON rows -> what TorchServe answers:
         an image's top classes, or a list with one predicted value per row."""
-        handler = runtime.get(name).handler
-        inputs = await read_inputs(request, handler, settings)
+        runtime.get(name)
+        inputs = await read_inputs(request, settings)
         results = await pipeline.predict(PredictRequest(name, inputs))
-        return results if handler.kind == "tabular" else results[0]
+        return results[0]
 
     @app.post("/explanations/{name}")
     async def explanations(name: str, request: Request) -> Any:
         """Prediction + maps or attributions; `methods=a,b`, `target=`, method parameters."""
-        handler = runtime.get(name).handler
-        inputs = await read_inputs(request, handler, settings)
+        runtime.get(name)
+        inputs = await read_inputs(request, settings)
         results, timings = await pipeline.explain(explain_request(name, inputs, request))
-        if handler.kind == "tabular":
-            return {"model": name, "rows": results, "timings_ms": timings}
-        return encode_image_explanation(name, results[0], timings)
+        return explanation_body(name, results, timings)
 
     @app.post("/heatmaps/{name}")
     async def heatmaps(name: str, request: Request) -> Response:
         """Image in, PNG overlay of the same size out (`method=activation` by default)."""
-        handler = runtime.get(name).handler
-        if handler.kind != "image":
-            raise UnsupportedMediaType(f"{name} is not an image model; use /explanations/{name}")
-        inputs = await read_inputs(request, handler, settings)
+        runtime.get(name)
+        inputs = await read_inputs(request, settings)
         png = await pipeline.heatmap(explain_request(name, inputs, request))
         return Response(png, media_type="image/png")
 
@@ -137,27 +130,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_inputs(request: Request, handler: Any, settings: Settings) -> list[Any]:
-    """Image models: one image (raw body or multipart field `data`). Tabular: JSON rows,
-    decoded by the handler exactly as inside TorchServe."""
+async def read_inputs(request: Request, settings: Settings) -> list[Payload]:
+    """The body as one payload: a multipart request's field `data` (or `file`), else the raw
+    body, with the content type the client declared. The model's flow decodes it."""
     body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if handler.kind == "tabular":
-        if content_type not in ("application/json", ""):
-            raise UnsupportedMediaType(f"send rows as application/json, not {content_type}")
-        return list(handler.decode(body))
-    if content_type == "multipart/form-data":
-        request._body = body  # let Starlette parse the body we already read and capped
-        async with request.form() as form:
-            field = form.get("data") or form.get("file")
-            if field is None or isinstance(field, str):
-                raise BadInput("multipart requests must carry the image in a file field `data`")
-            return [await field.read()]
-    if content_type == "application/json" or content_type.startswith("text/"):
-        raise UnsupportedMediaType(
-            f"send the image file's bytes (e.g. image/png), not {content_type}"
-        )
-    return [body]
+    if content_type != "multipart/form-data":
+        return [Payload(body, content_type)]
+    request._body = body  # let Starlette parse the body we already read and capped
+    async with request.form() as form:
+        field = form.get("data") or form.get("file")
+        if field is None or isinstance(field, str):
+            raise BadInput("multipart requests must carry the input in a file field `data`")
+        part_type = (field.content_type or "").split(";")[0].strip().lower()
+        return [Payload(await field.read(), part_type)]
 
 
 def explain_request(name: str, inputs: list[Any], request: Request) -> ExplainRequest:
@@ -169,29 +155,62 @@ def explain_request(name: str, inputs: list[Any], request: Request) -> ExplainRe
     return ExplainRequest(name, inputs, methods, query.get("target"), params, overlay)
 
 
-def encode_image_explanation(
-    name: str, result: ImageExplanation, timings: dict[str, float]
+def explanation_body(
+    name: str, results: Sequence[Explanation], timings: dict[str, float]
 ) -> dict[str, Any]:
+    """Rows: `{"model", "rows", "timings_ms"}`. An image: its fields at the top level, the
+    first target's maps in `explanations`, and `by_target` when several targets were asked."""
+    rows = [row_json(r) for r in results if isinstance(r, RowResult)]
+    images = [r for r in results if isinstance(r, ImageResult)]
+    if not images:
+        return {"model": name, "rows": rows, "timings_ms": timings}
+    first = images[0]
     body: dict[str, Any] = {
         "model": name,
-        "target": result.target,
-        "prediction": result.prediction,
-        "explanations": _json_maps(result.maps),
+        "target": _target_json(first.targets[0]),
+        "prediction": first.prediction,
+        "explanations": _maps_json(first.targets[0]),
         "timings_ms": timings,
     }
-    if result.by_target:
+    if len(first.targets) > 1:
         body["by_target"] = [
-            {"target": target, "explanations": _json_maps(maps)}
-            for target, maps in result.by_target
+            {"target": _target_json(t), "explanations": _maps_json(t)} for t in first.targets
         ]
     return body
 
 
-def _json_maps(maps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def row_json(row: RowResult) -> dict[str, Any]:
     return {
-        method: {k: as_base64(v) if k == "overlay_png" else v for k, v in entry.items()}
-        for method, entry in maps.items()
+        "prediction": row.prediction,
+        "base_value": row.base_value,
+        "attributions": row.attributions,
+        "convergence_delta": row.convergence_delta,
     }
+
+
+def _target_json(entry: TargetMaps) -> dict[str, Any]:
+    target = entry.target
+    return {"index": target.index, "label": target.label, "probability": target.probability}
+
+
+def _maps_json(entry: TargetMaps) -> dict[str, dict[str, Any]]:
+    return {m.method: map_json(m) for m in entry.maps}
+
+
+def map_json(result: MapResult) -> dict[str, Any]:
+    """A map as JSON: its own fields win over any extra of the same name."""
+    values = np.round(result.values, 6)
+    body: dict[str, Any] = {
+        **result.extras,
+        "height": int(values.shape[0]),
+        "width": int(values.shape[1]),
+        "values": values.tolist(),
+        "signed": result.signed,
+        "reduction": result.reduction,
+    }
+    if result.overlay is not None:
+        body[f"overlay_{result.overlay_format}"] = base64.b64encode(result.overlay).decode()
+    return body
 
 
 def _summary(description: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """glimpse's in-process engine: the archives it serves and the queue in front of each model.
 
 Each model has one `Worker`: a queue and a dedicated thread that runs jobs in
-order, so the event loop never blocks on torch and hooks never race. A later
-dynamic-batching worker drains several jobs from the same queue at once.
+order, so the event loop never blocks on torch and hooks never race.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import shutil
 import tempfile
@@ -17,19 +17,22 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.archive import OpenedArchive, open_archive
 from service.errors import ModelNotFound, Overloaded
 from service.explain import REGISTRY, methods_for
+from service.flows import Flow, flow_for
+from service.handlers.base import GlimpseHandler
 from service.metrics import Metrics
 
-Job = Callable[[float], Any]  # receives the seconds it waited in the queue
+T = TypeVar("T")
+log = logging.getLogger("glimpse")
 
 
 @dataclass
 class _Queued:
-    job: Job
+    job: Callable[[float], Any]
     future: Future[Any]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -42,31 +45,37 @@ class Worker:
         self.max_queue = max_queue
         self._on_depth = on_depth
         self._jobs: queue.Queue[_Queued | None] = queue.Queue()
+        self.closed = False
         self._thread = threading.Thread(target=self._run, name=f"glimpse-{name}", daemon=True)
         self._thread.start()
 
-    async def run(self, job: Job) -> Any:
+    async def run(self, job: Callable[[float], T]) -> T:
         """Queue `job` and await its result; Overloaded when the queue is full."""
-        future = self.submit(job)
+        future: Future[T] = self.submit(job)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             future.cancel()  # a job that has not started yet is skipped
             raise
 
-    def submit(self, job: Job) -> Future[Any]:
+    def submit(self, job: Callable[[float], T]) -> Future[T]:
+        if self.closed:
+            raise ModelNotFound(f"model {self.name!r} was unregistered")
         if self._jobs.qsize() >= self.max_queue:
             raise Overloaded(
                 f"model {self.name!r} has {self.max_queue} requests waiting; retry shortly"
             )
-        item = _Queued(job, Future())
+        future: Future[T] = Future()
+        item = _Queued(job, future)
         self._jobs.put(item)
         self._on_depth(self._jobs.qsize())
-        return item.future
+        return future
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = 10) -> None:
+        """Take no more jobs; the queued ones run first, then the thread ends."""
+        self.closed = True
         self._jobs.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         while (item := self._jobs.get()) is not None:
@@ -85,6 +94,7 @@ class Model:
 
     archive: OpenedArchive
     worker: Worker
+    flow: Flow
     load_seconds: float
 
     @property
@@ -92,7 +102,7 @@ class Model:
         return self.archive.name
 
     @property
-    def handler(self) -> Any:
+    def handler(self) -> GlimpseHandler:
         return self.archive.handler
 
     def describe(self) -> dict[str, Any]:
@@ -113,10 +123,19 @@ class Model:
 class Runtime:
     """Loads archives and owns their workers. Example: ``Runtime.load([Path("cnn.mar")])``."""
 
-    def __init__(self, models: dict[str, Model], workdir: Path, metrics: Metrics) -> None:
-        self.models = models
+    def __init__(
+        self,
+        workdir: Path,
+        metrics: Metrics,
+        max_queue: int = 64,
+        max_image_pixels: int | None = None,
+    ) -> None:
+        self.models: dict[str, Model] = {}
         self.metrics = metrics
+        self.max_queue = max_queue
+        self.max_image_pixels = max_image_pixels
         self._workdir = workdir
+        metrics.methods.update(REGISTRY)
 
     @classmethod
     def load(
@@ -126,22 +145,50 @@ class Runtime:
         metrics: Metrics | None = None,
         max_image_pixels: int | None = None,
     ) -> Runtime:
+        """Open every archive it can; one that cannot be served is skipped with one warning
+        line naming it and the reason. Two archives with one model name are an error."""
         workdir = Path(tempfile.mkdtemp(prefix="glimpse-models-"))
-        metrics = metrics or Metrics()
-        models: dict[str, Model] = {}
-        for path in archives:
-            started = time.perf_counter()
-            opened = open_archive(path, workdir)
-            if max_image_pixels is not None and hasattr(opened.handler, "max_pixels"):
-                opened.handler.max_pixels = max_image_pixels  # type: ignore[attr-defined]
-            seconds = time.perf_counter() - started
-            gauge = metrics.queue_depth.labels(opened.name)
-            worker = Worker(opened.name, max_queue, gauge.set)
-            models[opened.name] = Model(opened, worker, seconds)
-            metrics.model_load.labels(opened.name).set(seconds)
-        metrics.models.update(models)
-        metrics.methods.update(REGISTRY)
-        return cls(models, workdir, metrics)
+        runtime = cls(workdir, metrics or Metrics(), max_queue, max_image_pixels)
+        try:
+            for path in archives:
+                try:
+                    runtime.add(path)
+                except DuplicateModel:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bad archive never stops the server
+                    log.warning("skipping %s: %s", path.name, " ".join(str(exc).split()))
+        except BaseException:
+            runtime.close()
+            raise
+        return runtime
+
+    def add(self, path: Path) -> Model:
+        """Open `path` and serve it; DuplicateModel when its model name is already served."""
+        started = time.perf_counter()
+        opened = open_archive(path, self._workdir, {"max_image_pixels": self.max_image_pixels})
+        if opened.name in self.models:
+            shutil.rmtree(opened.model_dir, ignore_errors=True)
+            first = self.models[opened.name].archive.path
+            raise DuplicateModel(
+                f"{path} and {first} both hold a model named {opened.name!r}; "
+                "rename one (torch-model-archiver --model-name) or serve only one"
+            )
+        flow = flow_for(opened.name, opened.handler)
+        seconds = time.perf_counter() - started
+        gauge = self.metrics.queue_depth.labels(opened.name)
+        worker = Worker(opened.name, self.max_queue, gauge.set)
+        model = Model(opened, worker, flow, seconds)
+        self.models[opened.name] = model
+        self.metrics.models.add(opened.name)
+        self.metrics.model_load.labels(opened.name).set(seconds)
+        return model
+
+    def remove(self, name: str) -> None:
+        """Stop serving `name`: new requests get 404 at once; queued ones finish first."""
+        model = self.get(name)
+        del self.models[name]
+        model.worker.close(timeout=None)
+        shutil.rmtree(model.archive.model_dir, ignore_errors=True)
 
     def get(self, name: str) -> Model:
         model = self.models.get(name)
@@ -153,3 +200,7 @@ class Runtime:
         for model in self.models.values():
             model.worker.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class DuplicateModel(ValueError):
+    """Two archives hold models of the same name."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from service.archive import open_archive
+from service.handlers.base import FORMAT_VERSION
 
 SERVICE = Path(__file__).resolve().parent.parent / "service"
 
@@ -29,7 +30,7 @@ def test_archive_contents(cnn_archive: Path) -> None:
     } <= names
     assert manifest["model"]["handler"] == "glimpse_image_handler.py"
     assert manifest["model"]["serializedFile"] == "cnn.pt"
-    assert metadata["format_version"] == 1 and metadata["kind"] == "image"
+    assert metadata["format_version"] == FORMAT_VERSION and metadata["kind"] == "image"
     assert metadata["architecture"] == {
         "file": "cnn.py",
         "class": "SmallResNet",

@@ -46,7 +46,8 @@ def targets(result: Inference) -> torch.Tensor:
 
 @pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_map_per_input(handler: ImageHandler, result: Inference, method: str) -> None:
-    maps = handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
+    explainer = build("image", method, FAST.get(method, {}))
+    maps = handler.explain(result, explainer, targets(result)).maps
     assert maps.ndim == 3 and maps.shape[0] == 3 and maps.dtype == np.float32
     assert np.isfinite(maps).all() and np.abs(maps).max() > 0
     if not REGISTRY[method].signed:
@@ -57,7 +58,7 @@ def test_map_per_input(handler: ImageHandler, result: Inference, method: str) ->
 def test_same_input_same_map(handler: ImageHandler, result: Inference, method: str) -> None:
     first = handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
     again = handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
-    assert np.array_equal(first, again)
+    assert np.array_equal(first.maps, again.maps)
 
 
 @pytest.mark.parametrize("method", IMAGE_METHODS)
@@ -68,7 +69,7 @@ def test_no_hook_left_after_success_or_error(
     before = hook_count(handler.model)
     handler.explain(result, build("image", method, FAST.get(method, {})), targets(result))
     assert hook_count(handler.model) == before
-    broken = Inference(torch.zeros(1, 5, 48, 48), result.probabilities[:1], None)  # 5 channels
+    broken = Inference(torch.zeros(1, 5, 48, 48), result.probabilities[:1], {})  # 5 channels
     with pytest.raises((RuntimeError, AssertionError)):
         handler.explain(broken, build("image", method, FAST.get(method, {})), targets(broken))
     assert hook_count(handler.model) == before == 0

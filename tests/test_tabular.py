@@ -15,21 +15,9 @@ from service.archive import open_archive
 from service.errors import BadInput, SchemaError
 from service.explain import methods_for
 from service.handlers.tabular import TabularHandler
+from tests.helpers import ROW
 from training import rossmann
 from training.tabular import TabularConfig, train_tabular
-
-ROW = {
-    "Store": 1,
-    "StoreType": "a",
-    "Assortment": "c",
-    "DayOfWeek": 4,
-    "Date": "2013-10-10",
-    "Promo": 1,
-    "StateHoliday": "0",
-    "SchoolHoliday": 0,
-    "CompetitionDistance": 1250.0,
-    "Promo2": 0,
-}
 
 
 def write_csv(path: Path) -> Path:
@@ -131,11 +119,12 @@ def test_attributions_add_up_to_the_log_prediction(handler: TabularHandler) -> N
     explained = handler.explain_rows(rows, "integrated_gradients", {"steps": 64})
 
     for row in explained:
-        assert set(row["attributions"]) == set(rossmann.COLUMNS)
-        total = row["base_value"] + sum(row["attributions"].values())
-        assert total == pytest.approx(math.log(row["prediction"]), abs=1e-2)
-        assert abs(row["convergence_delta"]) < 1e-2
-    assert [r["prediction"] for r in explained] == pytest.approx(handler.predict_rows(rows))
+        attributions = row.attributions["integrated_gradients"]
+        assert set(attributions) == set(rossmann.COLUMNS)
+        total = row.base_value + sum(attributions.values())
+        assert total == pytest.approx(math.log(row.prediction), abs=1e-2)
+        assert abs(row.convergence_delta["integrated_gradients"]) < 1e-2
+    assert [r.prediction for r in explained] == pytest.approx(handler.predict_rows(rows))
 
 
 def test_describe_lists_the_column_schema(handler: TabularHandler) -> None:

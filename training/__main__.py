@@ -1,4 +1,4 @@
-"""`python -m training {cnn,tabular,all,evaluate}`: build archives into model_store/."""
+"""`python -m training {cnn,tabular,all,evaluate,archive}`: build archives into model_store/."""
 
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument(
         "--out", type=Path, default=Path("docs"), help="where evaluation.md and gallery.png go"
     )
+    user = sub.add_parser(
+        "archive",
+        help="pack your own trained image classifier (state_dict or TorchScript) as a .mar",
+        description="Pack a trained image classifier into a glimpse .mar without retraining: "
+        "--model-file + --weights (a state_dict), or --torchscript.",
+    )
+    from training.user_archive import add_arguments
+
+    add_arguments(user)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.command == "cnn":
@@ -79,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         from training.evaluate import evaluate_archive
 
         print(evaluate_archive(args.archive, args.n, args.out))
+    elif args.command == "archive":
+        from training.user_archive import run
+
+        run(args)
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 

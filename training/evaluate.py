@@ -74,18 +74,19 @@ def score_methods(handler: ImageHandler, data: ShapesData) -> tuple[str, dict[st
     for name in tqdm(methods_for("image"), desc="scoring methods"):
         explainer = build("image", name, {})
         started = time.perf_counter()
-        maps = handler.explain(result, explainer, targets)
+        attribution = handler.explain(result, explainer, targets)
+        maps = attribution.maps
         seconds = (time.perf_counter() - started) / len(images)
         full = np.stack([render.upsample(m, (size, size)) for m in maps])
         all_maps[name] = maps
-        delta = getattr(explainer, "last_delta", None)
+        deltas = [abs(e["convergence_delta"]) for e in attribution.extras]
         scores.append(
             Score(
                 name,
                 pointing_game(full, data.boxes),
                 *deletion_insertion(handler, inputs, targets, full),
                 seconds,
-                float(np.abs(delta).mean()) if delta is not None else None,
+                float(np.mean(deltas)) if deltas else None,
             )
         )
     rng = np.random.default_rng(0)

@@ -51,9 +51,12 @@ def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, An
         [data.effects[c][held_out] - data.effects[c][train].mean() for c in rossmann.COLUMNS],
         axis=1,
     )
-    served = np.array([[row["attributions"][c] for c in rossmann.COLUMNS] for row in explained])
+    method = "integrated_gradients"
+    served = np.array(
+        [[row.attributions[method][c] for c in rossmann.COLUMNS] for row in explained]
+    )
     gaps = [
-        abs(sum(row["attributions"].values()) + row["base_value"] - np.log(row["prediction"]))
+        abs(sum(row.attributions[method].values()) + row.base_value - np.log(row.prediction))
         for row in explained
     ]
     correlations = [spearmanr(a, t).statistic for a, t in zip(served, truth, strict=True)]
@@ -66,7 +69,7 @@ def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, An
         "spearman_mean": float(np.mean(correlations)),
         "spearman_min": float(np.min(correlations)),
         "completeness_max_gap": float(np.max(gaps)),
-        "convergence_delta_max": float(max(abs(r["convergence_delta"]) for r in explained)),
+        "convergence_delta_max": float(max(abs(r.convergence_delta[method]) for r in explained)),
         "n_explained": len(explained),
     }
 

@@ -161,7 +161,7 @@ def evaluate(
     result: dict[str, Any] = {"test_accuracy": accuracy, "n_test": len(test)}
     if test.boxes is not None:
         batch = ImageBatch(model, layer, inputs, predictions, seen.output)
-        maps = build("image", "activation", {}).explain(batch)
+        maps = build("image", "activation", {}).attribute(batch).maps
         full = np.stack([upsample(m, (SIZE, SIZE)) for m in maps])
         result["pointing_game_activation"] = pointing_game(full, test.boxes)
     return result

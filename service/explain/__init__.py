@@ -10,6 +10,26 @@ from service.explain import (  # noqa: F401
     saliency,
     smoothgrad,
 )
-from service.explain.base import REGISTRY, Explainer, ImageBatch, Param, build, methods_for
+from service.explain.base import (
+    REGISTRY,
+    Attribution,
+    Explainer,
+    ImageBatch,
+    Param,
+    TabularAttribution,
+    TabularBatch,
+    build,
+    methods_for,
+)
 
-__all__ = ["REGISTRY", "Explainer", "ImageBatch", "Param", "build", "methods_for"]
+__all__ = [
+    "REGISTRY",
+    "Attribution",
+    "Explainer",
+    "ImageBatch",
+    "Param",
+    "TabularAttribution",
+    "TabularBatch",
+    "build",
+    "methods_for",
+]

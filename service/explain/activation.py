@@ -7,9 +7,7 @@ the class.
 
 from __future__ import annotations
 
-import torch
-
-from service.explain.base import Explainer, ImageBatch, register
+from service.explain.base import LAYER, Attribution, Explainer, ImageBatch, register
 
 
 @register
@@ -20,7 +18,8 @@ class Activation(Explainer):
     needs_activations = True
     stage = "heatmap"
     summary = "Channel-averaged activations of the last conv block (no extra pass)."
+    params = {"layer": LAYER}
 
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+    def attribute(self, batch: ImageBatch) -> Attribution:
         assert batch.activations is not None, "the forward pass captured no activations"
-        return batch.activations.mean(dim=1)
+        return Attribution.of(batch.activations.mean(dim=1))

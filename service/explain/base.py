@@ -9,7 +9,8 @@ once, in its class; HTTP, gRPC and the model metadata read the registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,8 +32,13 @@ class Param:
     high: float | None = None
     help: str = ""
     choices: tuple[str, ...] | None = None
+    pattern: str | None = None  # what a free-text value must match in full
 
     def parse(self, method: str, name: str, raw: Any) -> Any:
+        if self.pattern is not None:
+            if not isinstance(raw, str) or re.fullmatch(self.pattern, raw) is None:
+                raise SchemaError(f"{method}.{name} must match {self.pattern}, got {raw!r}")
+            return raw
         if self.choices is not None:
             if raw not in self.choices:
                 raise SchemaError(
@@ -57,17 +63,28 @@ class Param:
         described = {"type": self.type.__name__, "default": self.default, "help": self.help}
         if self.choices is not None:
             return {**described, "choices": list(self.choices)}
+        if self.pattern is not None:
+            return {**described, "pattern": self.pattern}
         return {**described, "min": self.low, "max": self.high}
+
+
+LAYER = Param(
+    str,
+    "",
+    help="module name (see `layers` in GET /models/{name}); default: the model's own",
+    pattern=r"[A-Za-z0-9_.]{0,200}",
+)
 
 
 @dataclass
 class ImageBatch:
     """What an image method sees: inputs [N, 3, H, W], targets [N], the activations
     [N, C, h, w] of `layer` captured during the prediction's own forward, and, when the
-    archive names one, the model's `tail` from those activations to the logits."""
+    archive names one and `layer` is its default, the model's `tail` from those activations
+    to the logits."""
 
     model: nn.Module
-    layer: nn.Module
+    layer: nn.Module | None  # the module a layer method reads; None for input-gradient methods
     inputs: torch.Tensor
     targets: torch.Tensor
     activations: torch.Tensor | None = None
@@ -88,8 +105,40 @@ class TabularBatch:
     baseline_continuous: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """A method's answer for one batch: maps [N, h, w] (float32) and, per input, the figures
+    it reports beside the map (e.g. IG's convergence delta). Nothing is kept on the method."""
+
+    maps: np.ndarray
+    extras: tuple[dict[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, maps: torch.Tensor, extras: Sequence[dict[str, float]] = ()) -> Attribution:
+        return cls(maps.detach().to(torch.float32).cpu().numpy(), tuple(extras))
+
+    def extra(self, index: int) -> dict[str, float]:
+        """Input `index`'s extras ({} when the method reports none)."""
+        return self.extras[index] if self.extras else {}
+
+
+@dataclass(frozen=True)
+class TabularAttribution:
+    """Attributions to the embedding outputs [N, E] and continuous inputs [N, C], and extras."""
+
+    embedded: torch.Tensor
+    continuous: torch.Tensor
+    extras: tuple[dict[str, float], ...] = ()
+
+    def extra(self, index: int) -> dict[str, float]:
+        return self.extras[index] if self.extras else {}
+
+
 class Explainer:
     """Base of all methods. Subclasses set the class attributes and implement `attribute`.
+
+    An instance holds validated options only; `attribute` returns everything it computed, so
+    one instance can serve any number of batches, in any order.
 
     Example: ``REGISTRY["gradcam"](steps=...)`` validates its parameters on entry.
     """
@@ -114,21 +163,13 @@ class Explainer:
             for key, param in self.params.items()
         }
 
-    def explain(self, batch: ImageBatch) -> np.ndarray:
-        """[N, h, w] float32 map for each input's target."""
-        maps = self.attribute(batch)
-        return maps.detach().to(torch.float32).cpu().numpy()
+    def attribute(self, batch: ImageBatch) -> Attribution:
+        """[N, h, w] maps for each input's target, with any per-input extras."""
+        raise NotImplementedError(f"{self.name} has no image attribution")
 
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
-        raise NotImplementedError
-
-    def attribute_tabular(self, batch: TabularBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def attribute_tabular(self, batch: TabularBatch) -> TabularAttribution:
         """Attributions to the embedding outputs [N, E] and continuous inputs [N, C]."""
         raise NotImplementedError(f"{self.name} has no tabular attribution")
-
-    def extras(self, index: int) -> dict[str, Any]:
-        """Per-input figures beside the map (e.g. IG's convergence delta) for the last call."""
-        return {}
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from captum.attr import LayerGradCam
 from torch import nn
 
-from service.explain.base import Explainer, ImageBatch, register
+from service.explain.base import LAYER, Attribution, Explainer, ImageBatch, register
 
 
 class _Tail(nn.Module):
@@ -37,14 +37,16 @@ class GradCam(Explainer):
     reduction = "gradient-weighted sum over the last conv block's channels, then ReLU"
     needs_activations = True
     summary = "Grad-CAM on the last conv block (Captum LayerGradCam)."
+    params = {"layer": LAYER}
 
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+    def attribute(self, batch: ImageBatch) -> Attribution:
         if batch.tail is not None and batch.activations is not None:
             tail = _Tail(batch.tail)
             inputs = batch.activations.detach().requires_grad_()
             cam = LayerGradCam(tail, tail.layer)
         else:
+            assert batch.layer is not None, "Grad-CAM needs a layer"
             inputs = batch.inputs.detach()
             cam = LayerGradCam(batch.model, batch.layer)
         maps = cam.attribute(inputs, target=batch.targets, relu_attributions=True)
-        return maps.squeeze(1)
+        return Attribution.of(maps.squeeze(1))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from captum.attr import GradientShap as CaptumGradientShap
 
-from service.explain.base import Explainer, ImageBatch, Param, register, seeded
+from service.explain.base import Attribution, Explainer, ImageBatch, Param, register, seeded
 
 
 @register
@@ -25,7 +25,7 @@ class GradientShap(Explainer):
         "seed": Param(int, 0, 0, 2**31 - 1, "seed of baselines and noise"),
     }
 
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+    def attribute(self, batch: ImageBatch) -> Attribution:
         inputs = batch.inputs.detach()
         with seeded(self.options["seed"]):
             baselines = torch.randn(self.options["baselines"], *inputs.shape[1:])
@@ -36,4 +36,4 @@ class GradientShap(Explainer):
                 n_samples=self.options["samples"],
                 stdevs=self.options["stdev"],
             )
-        return maps.sum(dim=1)
+        return Attribution.of(maps.sum(dim=1))

@@ -16,11 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
 
-from service.explain.base import Explainer, ImageBatch, Param, TabularBatch, blur, register
+from service.explain.base import (
+    Attribution,
+    Explainer,
+    ImageBatch,
+    Param,
+    TabularAttribution,
+    TabularBatch,
+    blur,
+    register,
+)
 
 TABULAR_CHUNK = 8192  # path points per forward pass when the caller sets no internal_batch_size
 
@@ -42,11 +50,7 @@ class IntegratedGradients(Explainer):
         "internal_batch_size": Param(int, None, 1, 100_000, "path points per forward pass"),
     }
 
-    def __init__(self, **raw: Any) -> None:
-        super().__init__(**raw)
-        self.last_delta = np.zeros(0, dtype=np.float32)
-
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+    def attribute(self, batch: ImageBatch) -> Attribution:
         """[N, H, W]: attributions to each pixel for the target class, summed over channels."""
         inputs = batch.inputs.detach()
         baselines = blur(inputs) if self.options["baseline"] == "blur" else torch.zeros_like(inputs)
@@ -57,10 +61,9 @@ class IntegratedGradients(Explainer):
             return_convergence_delta=True,
             **self._captum_options(),
         )
-        self.last_delta = delta.detach().cpu().numpy()
-        return attributions.sum(dim=1)
+        return Attribution.of(attributions.sum(dim=1), _deltas(delta))
 
-    def attribute_tabular(self, batch: TabularBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def attribute_tabular(self, batch: TabularBatch) -> TabularAttribution:
         """Attributions to the embedding outputs [N, E] and the continuous inputs [N, C],
         averaged over the K reference rows (IG from each, as in Expected Gradients)."""
         k = batch.baseline_embedded.shape[0]
@@ -70,8 +73,11 @@ class IntegratedGradients(Explainer):
             self._paths(batch, start, rows, budget)
             for start in range(0, batch.embedded.shape[0], rows)
         ]
-        self.last_delta = torch.cat([delta for _, _, delta in parts]).numpy()
-        return torch.cat([e for e, _, _ in parts]), torch.cat([c for _, c, _ in parts])
+        return TabularAttribution(
+            torch.cat([e for e, _, _ in parts]),
+            torch.cat([c for _, c, _ in parts]),
+            _deltas(torch.cat([delta for _, _, delta in parts])),
+        )
 
     def _paths(
         self, batch: TabularBatch, start: int, rows: int, budget: int
@@ -95,11 +101,13 @@ class IntegratedGradients(Explainer):
             delta.detach().view(n, k).mean(dim=1),
         )
 
-    def extras(self, index: int) -> dict[str, Any]:
-        return {"convergence_delta": float(self.last_delta[index])}
-
     def _captum_options(self) -> dict[str, Any]:
         return {
             "n_steps": self.options["steps"],
             "internal_batch_size": self.options["internal_batch_size"],
         }
+
+
+def _deltas(delta: torch.Tensor) -> tuple[dict[str, float], ...]:
+    """Captum's per-input convergence deltas as each input's extras."""
+    return tuple({"convergence_delta": float(d)} for d in delta.detach().cpu().flatten())

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from captum.attr import Occlusion as CaptumOcclusion
 
-from service.explain.base import Explainer, ImageBatch, Param, register
+from service.explain.base import Attribution, Explainer, ImageBatch, Param, register
 
 
 @register
@@ -20,7 +19,7 @@ class Occlusion(Explainer):
         "internal_batch_size": Param(int, 64, 1, 4096, "perturbed copies per forward pass"),
     }
 
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+    def attribute(self, batch: ImageBatch) -> Attribution:
         window, stride = self.options["window"], self.options["stride"]
         maps = CaptumOcclusion(batch.model).attribute(
             batch.inputs.detach(),
@@ -30,4 +29,4 @@ class Occlusion(Explainer):
             strides=(3, stride, stride),
             perturbations_per_eval=self.options["internal_batch_size"],
         )
-        return maps.sum(dim=1)
+        return Attribution.of(maps.sum(dim=1))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from captum.attr import Saliency as CaptumSaliency
 
-from service.explain.base import Explainer, ImageBatch, register
+from service.explain.base import Attribution, Explainer, ImageBatch, register
 
 
 @register
@@ -15,7 +14,7 @@ class Saliency(Explainer):
     reduction = "max of |gradient| over colour channels"
     summary = "Absolute input gradient of the target class (Captum Saliency)."
 
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+    def attribute(self, batch: ImageBatch) -> Attribution:
         inputs = batch.inputs.detach().requires_grad_()
         grads = CaptumSaliency(batch.model).attribute(inputs, target=batch.targets)
-        return grads.amax(dim=1)
+        return Attribution.of(grads.amax(dim=1))

@@ -5,10 +5,9 @@ The noise is drawn from a seeded generator, so the same input gives the same map
 
 from __future__ import annotations
 
-import torch
 from captum.attr import NoiseTunnel, Saliency
 
-from service.explain.base import Explainer, ImageBatch, Param, register, seeded
+from service.explain.base import Attribution, Explainer, ImageBatch, Param, register, seeded
 
 
 @register
@@ -23,7 +22,7 @@ class SmoothGrad(Explainer):
         "seed": Param(int, 0, 0, 2**31 - 1, "seed of the noise"),
     }
 
-    def attribute(self, batch: ImageBatch) -> torch.Tensor:
+    def attribute(self, batch: ImageBatch) -> Attribution:
         tunnel = NoiseTunnel(Saliency(batch.model))
         with seeded(self.options["seed"]):
             grads = tunnel.attribute(
@@ -34,4 +33,4 @@ class SmoothGrad(Explainer):
                 stdevs=self.options["stdev"],
                 nt_samples_batch_size=self.options["samples"],
             )
-        return grads.amax(dim=1)
+        return Attribution.of(grads.amax(dim=1))

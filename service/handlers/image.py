@@ -8,50 +8,95 @@ pass with the last conv block's activations captured by a hook, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from service.explain import Explainer, ImageBatch
-from service.handlers.base import GlimpseHandler, request_payload
+from service.errors import SchemaError
+from service.explain import REGISTRY, Attribution, Explainer, ImageBatch, methods_for
+from service.handlers.base import GlimpseHandler, HandlerContext, request_payload
 from service.hooks import capture_output, find_layer
 from service.imaging import DEFAULT_MAX_PIXELS, decode_image
+from service.layers import (
+    SCRIPT_MODULE_REASON,
+    NoSpatialLayer,
+    is_script_module,
+    pick_layer,
+    spatial_layers,
+)
+from service.preprocess import ImageTransform
 
 TOP_K = 5
 
 
 @dataclass
 class Inference:
-    """One batch's forward pass: probabilities [N, K] and activations [N, C, h, w] (or None)."""
+    """One batch's forward pass: inputs [N, 3, H, W], probabilities [N, K] and the activations
+    [N, C, h, w] of each captured layer, by name."""
 
     inputs: torch.Tensor
     probabilities: torch.Tensor
-    activations: torch.Tensor | None
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class ImageHandler(GlimpseHandler):
-    """Classifies images and explains the answers. Metadata: classes, input size, mean/std."""
+    """Classifies images and explains the answers.
+
+    Metadata: `classes`, `input` (an `ImageTransform`), `explain.layer` (a module name, or
+    "auto": the last module with a spatial output) and optionally `explain.tail` (the
+    model's function from that layer's output to the logits, which lets Grad-CAM skip a
+    second pass through the body).
+    """
 
     kind = "image"
     default_method = "activation"
-    max_pixels = DEFAULT_MAX_PIXELS
 
     def setup(self) -> None:
         meta = self.metadata
-        self.classes: list[str] = list(meta["classes"])
-        self.size = tuple(meta["input"]["size"])  # (height, width)
-        self.mean = torch.tensor(meta["input"]["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(meta["input"]["std"]).view(1, 3, 1, 1)
-        assert self.model is not None
-        self.layer = find_layer(self.model, meta["explain"]["layer"])
-        tail = meta["explain"].get("tail")
-        self.tail = getattr(self.model, tail) if tail else None
+        model = self.network
+        self.max_pixels = int(self.properties.get("max_image_pixels") or DEFAULT_MAX_PIXELS)
+        self.transform = ImageTransform.from_metadata(meta["input"])
+        self.size = self.transform.size  # (height, width)
+        example = torch.zeros(1, 3, *self.size)
+        self.layers = {layer.name: layer for layer in spatial_layers(model, example)}
+        self.default_layer, self.no_layer_reason = self._default_layer(meta.get("explain", {}))
+        with torch.no_grad():
+            outputs = int(model(example).shape[1])
+        self.classes: list[str] = list(meta.get("classes") or [str(i) for i in range(outputs)])
+        if len(self.classes) != outputs:
+            raise ValueError(
+                f"the archive names {len(self.classes)} classes but the model has {outputs} outputs"
+            )
+        tail = meta.get("explain", {}).get("tail")
+        self.tail = getattr(model, tail) if tail else None
+
+    def _default_layer(self, explain: dict[str, Any]) -> tuple[str | None, str]:
+        """The layer maps come from when a request names none, or (None, the reason)."""
+        name = explain.get("layer")
+        if name not in (None, "auto"):
+            find_layer(self.network, name)  # a clear KeyError for an archive naming no layer
+            return name, ""
+        if is_script_module(self.network):
+            return None, SCRIPT_MODULE_REASON
+        try:
+            return pick_layer(list(self.layers.values())).name, ""
+        except NoSpatialLayer as exc:
+            return None, str(exc)
+
+    @property
+    def network(self) -> nn.Module:
+        assert self.model is not None, "initialize the handler first"
+        return self.model
 
     # -- TorchServe's entry point ------------------------------------------------------------
-    def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, float]]:
+    def handle(
+        self, data: list[dict[str, Any]], context: HandlerContext | None
+    ) -> list[dict[str, float]]:
         images = [self.decode(request_payload(item)) for item in data]
         result = self.infer(self.preprocess(images), capture=False)
         return self.top_classes(result.probabilities)
@@ -64,23 +109,41 @@ class ImageHandler(GlimpseHandler):
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB images of any size -> [N, 3, H, W] normalised float tensor."""
-        height, width = self.size
-        arrays = [
-            np.asarray(im.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
-            for im in images
-        ]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
-        return (batch - self.mean) / self.std
+        return self.transform(images)
 
-    def infer(self, inputs: torch.Tensor, capture: bool = True) -> Inference:
-        """One forward pass; with `capture`, the last conv block's output is kept by a hook."""
-        assert self.model is not None
-        with torch.no_grad():
-            if not capture:
-                return Inference(inputs, torch.softmax(self.model(inputs), dim=1), None)
-            with capture_output(self.layer) as seen:
-                logits = self.model(inputs)
-        return Inference(inputs, torch.softmax(logits, dim=1), seen.output)
+    def infer(
+        self, inputs: torch.Tensor, capture: bool = True, layers: Collection[str] = ()
+    ) -> Inference:
+        """One forward pass; hooks keep the output of `layers` (and of the default layer, with
+        `capture`) and are removed before it returns, also when the forward fails."""
+        names = set(layers) | ({self.default_layer} if capture and self.default_layer else set())
+        with torch.no_grad(), ExitStack() as hooks:
+            seen = {name: hooks.enter_context(capture_output(self.module(name))) for name in names}
+            logits = self.network(inputs)
+        activations = {name: c.output for name, c in seen.items() if c.output is not None}
+        return Inference(inputs, torch.softmax(logits, dim=1), activations)
+
+    def module(self, name: str) -> nn.Module:
+        return find_layer(self.network, name)
+
+    def layer_for(self, explainer: Explainer) -> str | None:
+        """The layer `explainer` reads: its `layer` option, else the default. SchemaError when
+        the option names no choosable layer, or when the method needs one and there is none."""
+        requested = explainer.options.get("layer") or None
+        if not explainer.needs_activations:
+            return None
+        if requested is None and self.default_layer is None:
+            working = [m for m in methods_for(self.kind) if not REGISTRY[m].needs_activations]
+            raise SchemaError(
+                f"{explainer.name} needs a layer's activations and this model has none that can "
+                f"be hooked ({self.no_layer_reason}); methods that work here: {working}"
+            )
+        if requested is not None and requested not in self.layers:
+            raise SchemaError(
+                f"{explainer.name}.layer {requested!r} is not a layer of this model with a "
+                f"spatial output; choose from {list(self.layers)}"
+            )
+        return requested or self.default_layer
 
     def top_classes(self, probabilities: torch.Tensor, k: int = TOP_K) -> list[dict[str, float]]:
         k = min(k, probabilities.shape[1])
@@ -90,22 +153,33 @@ class ImageHandler(GlimpseHandler):
             for row_v, row_i in zip(values, indices, strict=True)
         ]
 
-    def explain(self, result: Inference, explainer: Explainer, targets: torch.Tensor) -> np.ndarray:
-        """[N, h, w] map of `explainer` for each input's target."""
-        assert self.model is not None
+    def explain(
+        self, result: Inference, explainer: Explainer, targets: torch.Tensor
+    ) -> Attribution:
+        """[N, h, w] maps of `explainer` for each input's target, with per-input extras."""
+        name = self.layer_for(explainer)
         batch = ImageBatch(
-            self.model, self.layer, result.inputs, targets, result.activations, self.tail
+            self.network,
+            self.module(name) if name else None,
+            result.inputs,
+            targets,
+            result.activations.get(name) if name else None,
+            self.tail if name is not None and name == self.default_layer else None,
         )
-        return explainer.explain(batch)
+        return explainer.attribute(batch)
+
+    def overlay_box(self, image: Image.Image) -> tuple[float, float, float, float]:
+        """The part of `image` (left, top, right, bottom) that the model's input shows."""
+        return self.transform.source_box(*image.size)
 
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "classes": self.classes,
-            "input": {
-                "type": "image",
-                "size": list(self.size),
-                "mean": self.mean.flatten().tolist(),
-                "std": self.std.flatten().tolist(),
-            },
+            "input": {"type": "image", **self.transform.to_metadata()},
+            "layers": [
+                {"name": layer.name, "shape": list(layer.shape), "type": layer.type}
+                for layer in self.layers.values()
+            ],
+            "default_layer": self.default_layer,
         }

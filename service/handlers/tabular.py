@@ -21,8 +21,9 @@ import torch
 from service.errors import BadInput
 from service.explain import build
 from service.explain.base import Explainer, TabularBatch
-from service.handlers.base import GlimpseHandler, request_payload
+from service.handlers.base import GlimpseHandler, HandlerContext, request_payload
 from service.procs import TabularProcs, read_rows
+from service.results import RowResult
 
 Row = Mapping[str, Any]
 
@@ -48,7 +49,9 @@ class TabularHandler(GlimpseHandler):
             self.base_value = float(self.model_head(*self.references).mean())
 
     # -- TorchServe's entry point ------------------------------------------------------------
-    def handle(self, data: list[dict[str, Any]], context: Any) -> list[list[float]]:
+    def handle(
+        self, data: list[dict[str, Any]], context: HandlerContext | None
+    ) -> list[list[float]]:
         """One list of predictions per request item (a row or a list of rows each)."""
         requests = [self.decode(request_payload(item)) for item in data]
         predictions = iter(self.predict_rows([row for rows in requests for row in rows]))
@@ -79,7 +82,8 @@ class TabularHandler(GlimpseHandler):
         """Rows -> the model's output [N], log of the target."""
         codes, cont = self.preprocess(rows)
         with torch.no_grad():
-            return self.net(codes, cont)
+            output: torch.Tensor = self.net(codes, cont)
+        return output
 
     def predict_rows(self, rows: Sequence[Row]) -> list[float]:
         """Predicted target values in original units, one per row."""
@@ -92,8 +96,8 @@ class TabularHandler(GlimpseHandler):
         rows: Sequence[Row],
         method: Explainer | str = "integrated_gradients",
         params: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Per row: prediction, base_value, attributions per raw column, convergence_delta.
+    ) -> list[RowResult]:
+        """Per row: prediction, base_value, attributions per raw column and convergence delta.
 
         `method` is a built explainer (the pipeline's) or a method name with `params`.
         Attributions live in log space: base_value + sum(attributions) = log(prediction).
@@ -106,17 +110,22 @@ class TabularHandler(GlimpseHandler):
             embedded = self.net.embed(codes)
             output = self.model_head(embedded, cont)
         batch = TabularBatch(self.model_head, embedded, cont, *self.references)
-        parts = explainer.attribute_tabular(batch)
-        per_column = (torch.cat(parts, dim=1).detach().double() @ self.grouping).numpy()
+        attribution = explainer.attribute_tabular(batch)
+        parts = torch.cat([attribution.embedded, attribution.continuous], dim=1)
+        per_column = (parts.detach().double() @ self.grouping).numpy()
         gaps = per_column.sum(axis=1) - (output.double().numpy() - self.base_value)
         names = [column.name for column in self.columns]
         return [
-            {
-                "prediction": float(np.exp(float(output[i]))),
-                "base_value": self.base_value,
-                "attributions": dict(zip(names, per_column[i].tolist(), strict=True)),
-                "convergence_delta": explainer.extras(i).get("convergence_delta", float(gaps[i])),
-            }
+            RowResult(
+                prediction=float(np.exp(float(output[i]))),
+                base_value=self.base_value,
+                attributions={
+                    explainer.name: dict(zip(names, per_column[i].tolist(), strict=True))
+                },
+                convergence_delta={
+                    explainer.name: attribution.extra(i).get("convergence_delta", float(gaps[i]))
+                },
+            )
             for i in range(len(rows))
         ]
 
