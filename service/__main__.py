@@ -30,6 +30,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--models", help="comma-separated model names (default: all)")
     parser.add_argument("--max-body-bytes", type=int, help="largest accepted request body")
     parser.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    parser.add_argument(
+        "--enable-management",
+        action="store_true",
+        help="allow POST /models?url=<.mar in the store> and DELETE /models/{name}",
+    )
     args = parser.parse_args(argv)
     models = parse_names("--models", args.models) if args.models else None
     try:
@@ -42,6 +47,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             models=models,
             max_body_bytes=args.max_body_bytes,
             grpc=False if args.no_grpc else None,
+            enable_management=True if args.enable_management else None,
         )
     except ConfigError as exc:
         parser.error(str(exc))
@@ -56,6 +62,12 @@ async def serve(settings: Settings) -> None:
     )
     for model in runtime.models.values():
         log.info("loaded %s (%s) in %.2f s", model.name, model.handler.kind, model.load_seconds)
+    if not runtime.models and not settings.enable_management:
+        runtime.close()
+        raise SystemExit(
+            f"glimpse: none of the archives in {settings.model_store} can be served "
+            "(the warnings above say why)"
+        )
     pipeline = Pipeline(runtime)
     app = create_app(settings, pipeline)
     config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="info")

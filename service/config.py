@@ -32,6 +32,7 @@ class Settings:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 64
     grpc: bool = True
+    enable_management: bool = False  # POST /models?url=, DELETE /models/{name}
 
     def __post_init__(self) -> None:
         for port_name in ("http_port", "grpc_port"):
@@ -55,7 +56,8 @@ class Settings:
         return cls(**values)
 
     def archives(self) -> list[Path]:
-        """The .mar files to serve; ConfigError when there are none."""
+        """The .mar files to serve; ConfigError when there are none (unless models can be
+        registered later, with enable_management)."""
         if not self.model_store.is_dir():
             raise ConfigError(
                 f"model store {self.model_store} does not exist: build the models with "
@@ -68,7 +70,7 @@ class Settings:
                 raise ConfigError(f"no archive {missing[0]}: build it with `python -m training`")
             return paths
         paths = sorted(self.model_store.glob("*.mar"))
-        if not paths:
+        if not paths and not self.enable_management:
             raise ConfigError(
                 f"no .mar archives in {self.model_store}: run `python -m training all`"
             )

@@ -42,6 +42,10 @@ class SchemaError(GlimpseError):
     status, grpc_status, code = 422, "INVALID_ARGUMENT", "schema_error"
 
 
+class Conflict(GlimpseError):
+    status, grpc_status, code = 409, "ALREADY_EXISTS", "conflict"
+
+
 class Overloaded(GlimpseError):
     status, grpc_status, code = 503, "UNAVAILABLE", "overloaded"
 

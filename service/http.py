@@ -22,6 +22,7 @@ from starlette.routing import Match
 from service import __version__
 from service.config import Settings
 from service.errors import BadInput, GlimpseError, PayloadTooLarge
+from service.management import add_management_routes
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.results import Explanation, ImageResult, MapResult, RowResult, TargetMaps
@@ -107,6 +108,9 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         inputs = await read_inputs(request, settings)
         png = await pipeline.heatmap(explain_request(name, inputs, request))
         return Response(png, media_type="image/png")
+
+    if settings.enable_management:
+        add_management_routes(app, settings, runtime)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:

@@ -33,28 +33,29 @@ class Pipeline:
 
     async def predict(self, request: PredictRequest) -> Sequence[Prediction]:
         """What the handler answers inside TorchServe, one answer per payload."""
-        model = self.runtime.get(request.model)
-        _require_inputs(request.inputs)
-        return await model.flow.predict(self._call(model), request.inputs)
+        with self.runtime.get(request.model).in_use() as model:
+            _require_inputs(request.inputs)
+            return await model.flow.predict(self._call(model), request.inputs)
 
     async def explain(
         self, request: ExplainRequest
     ) -> tuple[Sequence[Explanation], dict[str, float]]:
         """One result per input (image or row), and the stage timings in ms."""
-        model = self.runtime.get(request.model)
-        _require_inputs(request.inputs)
-        explainers = self.explainers(model, request)  # validated before anything is queued
-        call = self._call(model)
-        results = await model.flow.explain(call, request, explainers)
-        return results, call.timings.ms
+        with self.runtime.get(request.model).in_use() as model:
+            _require_inputs(request.inputs)
+            explainers = self.explainers(model, request)  # validated before anything is queued
+            call = self._call(model)
+            results = await model.flow.explain(call, request, explainers)
+            return results, call.timings.ms
 
     async def heatmap(self, request: ExplainRequest) -> bytes:
         """The first requested method's overlay for the first input, as encoded bytes."""
-        model = self.runtime.get(request.model)
-        _require_inputs(request.inputs)
-        first = replace(request, inputs=request.inputs[:1], methods=request.methods[:1])
-        first = replace(first, overlay=True)
-        return await model.flow.heatmap(self._call(model), first, self.explainers(model, first))
+        with self.runtime.get(request.model).in_use() as model:
+            _require_inputs(request.inputs)
+            first = replace(request, inputs=request.inputs[:1], methods=request.methods[:1])
+            first = replace(first, overlay=True)
+            explainers = self.explainers(model, first)
+            return await model.flow.heatmap(self._call(model), first, explainers)
 
     def explainers(self, model: Model, request: ExplainRequest) -> dict[str, Explainer]:
         """Validated method instances, with "param" / "method.param" values routed to them."""

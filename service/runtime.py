@@ -13,8 +13,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,6 +97,16 @@ class Model:
     worker: Worker
     flow: Flow
     load_seconds: float
+    active: int = 0  # requests between finding this model and their answer
+
+    @contextmanager
+    def in_use(self) -> Iterator[Model]:
+        """Count a request as in flight on this model for the block's duration."""
+        self.active += 1
+        try:
+            yield self
+        finally:
+            self.active -= 1
 
     @property
     def name(self) -> str:
@@ -183,11 +194,13 @@ class Runtime:
         self.metrics.model_load.labels(opened.name).set(seconds)
         return model
 
-    def remove(self, name: str) -> None:
-        """Stop serving `name`: new requests get 404 at once; queued ones finish first."""
+    async def remove(self, name: str) -> None:
+        """Stop serving `name`: new requests get 404 at once; those in flight finish first."""
         model = self.get(name)
         del self.models[name]
-        model.worker.close(timeout=None)
+        while model.active:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(model.worker.close, None)
         shutil.rmtree(model.archive.model_dir, ignore_errors=True)
 
     def get(self, name: str) -> Model:
