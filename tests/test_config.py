@@ -47,6 +47,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         "GLIMPSE_MAX_IMAGE_PIXELS": "4000000",
         "GLIMPSE_MAX_QUEUE": "8",
         "GLIMPSE_GRPC": "off",
+        "GLIMPSE_ENABLE_MANAGEMENT": "yes",
     }
     assert {env_variable(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -60,6 +61,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         max_image_pixels=4_000_000,
         max_queue=8,
         grpc=False,
+        enable_management=True,
     )
     assert isinstance(settings.model_store, Path) and isinstance(settings.grpc, bool)
 
