@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +56,14 @@ CLASSES = ["tench", "goldfish", "shark", "ray", "cock", "hen", "finch", "robin",
 
 def model_and_weights(workdir: Path, seed: int = 0) -> tuple[Path, Path, torch.nn.Module]:
     """Write the model file and a seeded state_dict whose BatchNorm statistics are not 0/1."""
+    workdir.mkdir(parents=True, exist_ok=True)
     model_file = workdir / "tiny_resnet.py"
     model_file.write_text(MODEL_FILE)
     torch.manual_seed(seed)
     model: torch.nn.Module = import_file(model_file, "test_ts_model").TinyResNet()
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
@@ -70,10 +73,17 @@ def model_and_weights(workdir: Path, seed: int = 0) -> tuple[Path, Path, torch.n
     return model_file, weights, model.eval()
 
 
-def build(workdir: Path, name: str = "tiny", handler: str = "image_classifier") -> Path:
-    """`name`.mar in `workdir/store`, packed by torch-model-archiver with `handler`."""
+def build(
+    workdir: Path,
+    name: str = "tiny",
+    handler: str = "image_classifier",
+    model_source: str = MODEL_FILE,
+) -> Path:
+    """`name`.mar in `workdir/store`, packed by torch-model-archiver with `handler`; the
+    archive's model file holds `model_source` (the weights are always TinyResNet's)."""
     workdir.mkdir(parents=True, exist_ok=True)
     model_file, weights, _ = model_and_weights(workdir)
+    model_file.write_text(model_source)
     # TorchServe accepts ["wnid", "name"] pairs too and shows the last item.
     names = {str(i): c for i, c in enumerate(CLASSES)} | {"9": ["n01622779", "owl"]}
     labels = workdir / "index_to_name.json"
@@ -121,3 +131,78 @@ def torchserve_reference(model: torch.nn.Module, image: Image.Image) -> dict[str
         probabilities = torch.softmax(model(tensor), dim=1)[0]
     values, indices = probabilities.topk(5)
     return {CLASSES[int(i)]: float(v) for v, i in zip(values, indices, strict=True)}
+
+
+# torchvision's release for torch 2.13. Its wheel's compiled ops are built against a CUDA torch
+# (they link libtorch_cuda), so `import torchvision` fails beside the CPU torch here; its
+# transforms are plain Python and need none of them.
+TORCHVISION = "torchvision==0.28.0"
+
+# TorchServe's own ImageClassifier, run as its worker runs it, on image files; prints JSON.
+RUN_TORCHSERVE_HANDLER = """
+import json, sys, types
+
+torchvision_dir, model_dir, *images = sys.argv[1:]
+# torchvision's Python code without its __init__, which loads the compiled ops.
+package = types.ModuleType("torchvision")
+package.__path__ = [torchvision_dir]
+sys.modules["torchvision"] = package
+sys.path.insert(0, model_dir)  # TorchServe's worker imports the model file from there
+
+from ts.context import Context
+from ts.torch_handler.image_classifier import ImageClassifier
+
+with open(model_dir + "/MAR-INF/MANIFEST.json") as f:
+    manifest = json.load(f)
+name = manifest["model"]["modelName"]
+context = Context(name, model_dir, manifest, 1, None, "0.12.0", model_yaml_config={})
+handler = ImageClassifier()
+handler.initialize(context)
+handler.context = context
+answers = []
+for path in images:
+    with open(path, "rb") as f:
+        data = [{"body": f.read()}]
+    # BaseHandler.handle less its metrics and profiler: preprocess, inference, postprocess.
+    answers.extend(handler.postprocess(handler.inference(handler.preprocess(data))))
+print("ANSWERS " + json.dumps(answers))
+"""
+
+
+def torchvision_python(workdir: Path) -> Path | None:
+    """torchvision's Python files (the package directory) unpacked from its release wheel,
+    fetched by pip; None when pip cannot fetch it."""
+    wheels = workdir / "wheels"
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+    command += ["--dest", str(wheels), TORCHVISION]
+    if subprocess.run(command, capture_output=True, timeout=300, check=False).returncode:
+        return None
+    [wheel] = wheels.glob("torchvision-*.whl")
+    target = workdir / "torchvision-python"
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            if member.startswith("torchvision/") and member.endswith(".py"):
+                archive.extract(member, target)
+    return target / "torchvision"
+
+
+def torchserve_handler(
+    mar: Path, images: list[bytes], workdir: Path, torchvision_dir: Path
+) -> list[dict[str, float]]:
+    """What TorchServe's own image_classifier handler answers for each image file."""
+    model_dir = workdir / "unpacked"
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(model_dir)
+    paths = []
+    for i, data in enumerate(images):
+        paths.append(workdir / f"image{i}")
+        paths[-1].write_bytes(data)
+    command = [sys.executable, "-c", RUN_TORCHSERVE_HANDLER, str(torchvision_dir), str(model_dir)]
+    done = subprocess.run(
+        [*command, *map(str, paths)], capture_output=True, text=True, timeout=300, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ANSWERS ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"TorchServe's handler failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+    answers: list[dict[str, float]] = json.loads(lines[-1].removeprefix("ANSWERS "))
+    return answers

@@ -55,7 +55,10 @@ class TorchServeImageHandler(ImageHandler):
 
 def one_module_class(model_file: Path) -> type[nn.Module]:
     """The one nn.Module class `model_file` defines, as BaseHandler demands."""
-    module = import_file(model_file, "torchserve_model")
+    try:
+        module = import_file(model_file, "torchserve_model")
+    except Exception as exc:  # noqa: BLE001 - the user's file and whatever it imports
+        raise ValueError(f"its model file {model_file.name} does not import: {exc!r}") from None
     classes = [
         value
         for _, value in inspect.getmembers(module, inspect.isclass)
