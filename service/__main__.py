@@ -17,6 +17,7 @@ from service.config import ConfigError, Settings, parse_names
 from service.http import create_app
 from service.pipeline import Pipeline
 from service.runtime import Runtime
+from service.worker import Batching
 
 log = logging.getLogger("glimpse")
 
@@ -30,6 +31,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--models", help="comma-separated model names (default: all)")
     parser.add_argument("--max-body-bytes", type=int, help="largest accepted request body")
     parser.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    parser.add_argument("--batch-size", type=int, help="jobs per forward pass (default 16)")
+    parser.add_argument(
+        "--max-batch-delay", type=int, help="ms to wait for a batch to fill (default 0)"
+    )
     parser.add_argument(
         "--enable-management",
         action="store_true",
@@ -48,6 +53,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             max_body_bytes=args.max_body_bytes,
             grpc=False if args.no_grpc else None,
             enable_management=True if args.enable_management else None,
+            batch_size=args.batch_size,
+            max_batch_delay=args.max_batch_delay,
         )
     except ConfigError as exc:
         parser.error(str(exc))
@@ -59,6 +66,7 @@ async def serve(settings: Settings) -> None:
         settings.archives(),
         max_queue=settings.max_queue,
         max_image_pixels=settings.max_image_pixels,
+        batching=Batching(settings.batch_size, settings.max_batch_delay),
     )
     for model in runtime.models.values():
         log.info("loaded %s (%s) in %.2f s", model.name, model.handler.kind, model.load_seconds)

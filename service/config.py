@@ -31,6 +31,8 @@ class Settings:
     max_body_bytes: int = 32 * MIB
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 64
+    batch_size: int = 16  # jobs one forward pass may take (TorchServe's batch_size)
+    max_batch_delay: int = 0  # ms to wait for a batch to fill; 0: take what is waiting
     grpc: bool = True
     enable_management: bool = False  # POST /models?url=, DELETE /models/{name}
 
@@ -39,7 +41,9 @@ class Settings:
             port = getattr(self, port_name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{port_name} must be between 0 and 65535, got {port}")
-        for name in ("max_body_bytes", "max_image_pixels", "max_queue"):
+        if self.max_batch_delay < 0:
+            raise ConfigError(f"max_batch_delay must be 0 or more ms, got {self.max_batch_delay}")
+        for name in ("max_body_bytes", "max_image_pixels", "max_queue", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)}")
 

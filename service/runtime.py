@@ -1,92 +1,35 @@
-"""glimpse's in-process engine: the archives it serves and the queue in front of each model.
+"""glimpse's in-process engine: the archives it serves and the worker in front of each model.
 
-Each model has one `Worker`: a queue and a dedicated thread that runs jobs in
-order, so the event loop never blocks on torch and hooks never race.
+Each model has one `Worker` (service/worker.py): a bounded queue and a dedicated thread
+that runs the model's flow on batches of jobs, so the event loop never blocks on torch
+and hooks never race.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from service.archive import OpenedArchive, open_archive
-from service.errors import ModelNotFound, Overloaded
+from service.errors import ModelNotFound
 from service.explain import REGISTRY, methods_for
 from service.flows import Flow, flow_for
 from service.handlers.base import GlimpseHandler
 from service.metrics import Metrics
+from service.worker import DEFAULT_BATCHING, Batching, Worker
 
 T = TypeVar("T")
 log = logging.getLogger("glimpse")
-
-
-@dataclass
-class _Queued:
-    job: Callable[[float], Any]
-    future: Future[Any]
-    enqueued: float = field(default_factory=time.perf_counter)
-
-
-class Worker:
-    """A bounded queue in front of one model; jobs run one at a time on its own thread."""
-
-    def __init__(self, name: str, max_queue: int, on_depth: Callable[[int], None]) -> None:
-        self.name = name
-        self.max_queue = max_queue
-        self._on_depth = on_depth
-        self._jobs: queue.Queue[_Queued | None] = queue.Queue()
-        self.closed = False
-        self._thread = threading.Thread(target=self._run, name=f"glimpse-{name}", daemon=True)
-        self._thread.start()
-
-    async def run(self, job: Callable[[float], T]) -> T:
-        """Queue `job` and await its result; Overloaded when the queue is full."""
-        future: Future[T] = self.submit(job)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.cancel()  # a job that has not started yet is skipped
-            raise
-
-    def submit(self, job: Callable[[float], T]) -> Future[T]:
-        if self.closed:
-            raise ModelNotFound(f"model {self.name!r} was unregistered")
-        if self._jobs.qsize() >= self.max_queue:
-            raise Overloaded(
-                f"model {self.name!r} has {self.max_queue} requests waiting; retry shortly"
-            )
-        future: Future[T] = Future()
-        item = _Queued(job, future)
-        self._jobs.put(item)
-        self._on_depth(self._jobs.qsize())
-        return future
-
-    def close(self, timeout: float | None = 10) -> None:
-        """Take no more jobs; the queued ones run first, then the thread ends."""
-        self.closed = True
-        self._jobs.put(None)
-        self._thread.join(timeout=timeout)
-
-    def _run(self) -> None:
-        while (item := self._jobs.get()) is not None:
-            self._on_depth(self._jobs.qsize())
-            if not item.future.set_running_or_notify_cancel():
-                continue
-            try:
-                item.future.set_result(item.job(time.perf_counter() - item.enqueued))
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
-                item.future.set_exception(exc)
 
 
 @dataclass
@@ -94,7 +37,7 @@ class Model:
     """One served archive: its handler, queue and what `GET /models/{name}` shows."""
 
     archive: OpenedArchive
-    worker: Worker
+    worker: Worker[Any]
     flow: Flow
     load_seconds: float
     active: int = 0  # requests between finding this model and their answer
@@ -140,11 +83,13 @@ class Runtime:
         metrics: Metrics,
         max_queue: int = 64,
         max_image_pixels: int | None = None,
+        batching: Batching = DEFAULT_BATCHING,
     ) -> None:
         self.models: dict[str, Model] = {}
         self.metrics = metrics
         self.max_queue = max_queue
         self.max_image_pixels = max_image_pixels
+        self.batching = batching
         self._workdir = workdir
         metrics.methods.update(REGISTRY)
 
@@ -155,11 +100,12 @@ class Runtime:
         max_queue: int = 64,
         metrics: Metrics | None = None,
         max_image_pixels: int | None = None,
+        batching: Batching = DEFAULT_BATCHING,
     ) -> Runtime:
         """Open every archive it can; one that cannot be served is skipped with one warning
         line naming it and the reason. Two archives with one model name are an error."""
         workdir = Path(tempfile.mkdtemp(prefix="glimpse-models-"))
-        runtime = cls(workdir, metrics or Metrics(), max_queue, max_image_pixels)
+        runtime = cls(workdir, metrics or Metrics(), max_queue, max_image_pixels, batching)
         try:
             for path in archives:
                 try:
@@ -187,7 +133,8 @@ class Runtime:
         flow = flow_for(opened.name, opened.handler)
         seconds = time.perf_counter() - started
         gauge = self.metrics.queue_depth.labels(opened.name)
-        worker = Worker(opened.name, self.max_queue, gauge.set)
+        batching = archive_batching(opened, self.batching)
+        worker = Worker(opened.name, flow.process, batching, self.max_queue, gauge.set)
         model = Model(opened, worker, flow, seconds)
         self.models[opened.name] = model
         self.metrics.models.add(opened.name)
@@ -213,6 +160,23 @@ class Runtime:
         for model in self.models.values():
             model.worker.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def archive_batching(opened: OpenedArchive, default: Batching) -> Batching:
+    """The archive's own batch_size / max_batch_delay where it sets them, else `default`:
+    glimpse metadata `{"batching": {"batch_size": 8, "max_batch_delay": 5}}`, or TorchServe's
+    model-config.yaml (`batchSize`, `maxBatchDelay`) named by the manifest."""
+    own = dict(opened.handler.metadata.get("batching", {}))
+    config_file = opened.manifest["model"].get("configFile")
+    if config_file and (opened.model_dir / config_file).is_file():
+        config = yaml.safe_load((opened.model_dir / config_file).read_text()) or {}
+        for ours, theirs in (("batch_size", "batchSize"), ("max_batch_delay", "maxBatchDelay")):
+            if theirs in config:
+                own.setdefault(ours, config[theirs])
+    return Batching(
+        int(own.get("batch_size", default.batch_size)),
+        int(own.get("max_batch_delay", default.max_batch_delay)),
+    )
 
 
 class DuplicateModel(ValueError):

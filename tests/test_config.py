@@ -48,6 +48,8 @@ def test_every_field_is_read_from_its_variable() -> None:
         "GLIMPSE_MAX_QUEUE": "8",
         "GLIMPSE_GRPC": "off",
         "GLIMPSE_ENABLE_MANAGEMENT": "yes",
+        "GLIMPSE_BATCH_SIZE": "4",
+        "GLIMPSE_MAX_BATCH_DELAY": "5",
     }
     assert {env_variable(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -62,6 +64,8 @@ def test_every_field_is_read_from_its_variable() -> None:
         max_queue=8,
         grpc=False,
         enable_management=True,
+        batch_size=4,
+        max_batch_delay=5,
     )
     assert isinstance(settings.model_store, Path) and isinstance(settings.grpc, bool)
 

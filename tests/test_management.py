@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,8 +110,9 @@ def test_unregister_waits_for_queued_work(store: Path, shapes_png: bytes) -> Non
                 work = [
                     asyncio.create_task(client.post(slow, content=shapes_png)) for _ in range(4)
                 ]
-                while runtime.models["cnn"].worker._jobs.qsize() < 2:
-                    await asyncio.sleep(0.01)
+                deadline = time.monotonic() + 30
+                while runtime.models["cnn"].active < 4 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
                 removed = await client.delete("/models/cnn")
                 assert all(task.done() for task in work)
                 codes = [(await task).status_code for task in work]

@@ -121,6 +121,10 @@ class Attribution:
         """Input `index`'s extras ({} when the method reports none)."""
         return self.extras[index] if self.extras else {}
 
+    def part(self, start: int, stop: int) -> Attribution:
+        """Inputs [start, stop) of the batch."""
+        return Attribution(self.maps[start:stop], self.extras[start:stop])
+
 
 @dataclass(frozen=True)
 class TabularAttribution:
@@ -149,6 +153,9 @@ class Explainer:
     kinds: ClassVar[frozenset[str]] = frozenset({"image"})
     needs_activations: ClassVar[bool] = False
     stage: ClassVar[str] = "attribution"  # its label in glimpse_stage_duration_seconds
+    # False when a method's answer for one input depends on the others in its call (noise
+    # drawn for the whole batch at once): such a method runs request by request.
+    batchable: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {}
     summary: ClassVar[str] = ""
 
@@ -162,6 +169,10 @@ class Explainer:
             key: param.parse(self.name, key, raw[key]) if key in raw else param.default
             for key, param in self.params.items()
         }
+
+    def same_call(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        """Instances with equal keys give the same answers: their inputs can share a call."""
+        return self.name, tuple(sorted(self.options.items()))
 
     def attribute(self, batch: ImageBatch) -> Attribution:
         """[N, h, w] maps for each input's target, with any per-input extras."""

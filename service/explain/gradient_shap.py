@@ -18,6 +18,7 @@ class GradientShap(Explainer):
     signed = True
     reduction = "sum over colour channels"
     summary = "SHAP values approximated by expected gradients over random baselines."
+    batchable = False  # its noise is drawn for the whole call
     params = {
         "samples": Param(int, 32, 1, 512, "random baseline draws per input"),
         "baselines": Param(int, 8, 1, 64, "size of the baseline distribution"),

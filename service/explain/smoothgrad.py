@@ -16,6 +16,7 @@ class SmoothGrad(Explainer):
     signed = False
     reduction = "max of |gradient| over colour channels, averaged over noisy samples"
     summary = "Saliency averaged over Gaussian-noised copies of the input (NoiseTunnel)."
+    batchable = False  # its noise is drawn for the whole call
     params = {
         "samples": Param(int, 16, 1, 256, "noisy copies averaged"),
         "stdev": Param(float, 0.2, 0.0, 5.0, "noise standard deviation (normalised units)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -18,6 +19,10 @@ from service.results import Explanation, Prediction
 from service.timing import Timings
 
 T = TypeVar("T")
+
+# Decode and encode (Pillow, numpy: they release the GIL) run here, beside the model's worker
+# thread, with a bound so that a burst of uploads cannot crowd the forward passes out.
+CODEC_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glimpse-codec")
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,9 @@ class ExplainRequest:
 
 
 class Runner(Protocol):
-    """A model's queue: runs a job (given the seconds it waited) on the model's worker."""
+    """A model's queue: its worker runs jobs in batches and answers each job."""
 
-    async def run(self, job: Callable[[float], T]) -> T: ...
+    async def run(self, job: Any) -> Any: ...
 
 
 @dataclass
@@ -60,24 +65,56 @@ class Call:
     metrics: Metrics
     timings: Timings
 
-    async def queued(self, job: Callable[[], T], batch_size: int) -> T:
-        """Run `job` on the model's worker; record its wait and its batch size."""
-
-        def run(waited: float) -> T:
-            self.timings.record("queue", waited)
-            self.metrics.batch_size.labels(self.model).observe(batch_size)
-            return job()
-
-        return await self.runner.run(run)
+    async def queued(self, job: Job) -> Any:
+        """Hand `job` to the model's worker and await its answer."""
+        return await self.runner.run(job)
 
     async def in_thread(self, stage: str, work: Callable[[], T]) -> T:
-        """Run `work` off the event loop, timed as `stage`."""
+        """Run `work` off the event loop (in the bounded codec pool), timed as `stage`."""
         with self.timings.stage(stage):
-            return await asyncio.to_thread(work)
+            return await asyncio.get_running_loop().run_in_executor(CODEC_POOL, work)
+
+
+@dataclass
+class Job:
+    """One request's work for the model's worker; each flow adds what it needs."""
+
+    call: Call
+
+
+JobT = TypeVar("JobT", bound=Job)
+
+
+def run_batch(
+    batch: Sequence[tuple[JobT, float]],
+    run: Callable[[list[JobT]], list[Any]],
+) -> list[Any]:
+    """What every flow's worker does with a batch: record each job's wait in the queue, run
+    the batch; if that fails, run each job alone, so that only the bad ones fail."""
+    for job, waited in batch:
+        job.call.timings.record("queue", waited)
+    jobs = [job for job, _ in batch]
+    try:
+        return run(jobs)
+    except Exception as exc:  # noqa: BLE001 - narrowed below, job by job
+        if len(jobs) == 1:
+            return [exc]
+    answers: list[Any] = []
+    for job in jobs:
+        try:
+            answers.extend(run([job]))
+        except Exception as exc:  # noqa: BLE001 - this job's own failure is its answer
+            answers.append(exc)
+    return answers
 
 
 class Flow(Protocol):
-    """One kind of model's way through the pipeline. Each method gets the request's `Call`."""
+    """One kind of model's way through the pipeline. Each method gets the request's `Call`;
+    `process` is what the model's worker runs on a batch of the flow's jobs."""
+
+    def process(self, batch: Sequence[tuple[Any, float]]) -> list[Any]:
+        """One answer (or exception) per (job, seconds waited), in order."""
+        ...
 
     async def predict(self, call: Call, payloads: list[Payload]) -> Sequence[Prediction]:
         """One answer per payload, as the handler answers inside TorchServe."""

@@ -5,8 +5,8 @@ Example: ``await ImageFlow("cnn", handler).predict(call, [Payload(png_bytes)])``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,17 +15,10 @@ from PIL import Image
 from service import render
 from service.errors import BadInput, SchemaError, UnsupportedMediaType
 from service.explain import Attribution, Explainer
-from service.flows.base import Call, ExplainRequest, Payload
+from service.flows.base import Call, ExplainRequest, Payload, run_batch
+from service.flows.image_batch import ImageAnswer, ImageJob, answer_batch
 from service.handlers.image import ImageHandler
 from service.results import ImageResult, MapResult, Target, TargetMaps
-
-
-@dataclass
-class _TargetRun:
-    """Every method's attribution for one choice of target ([N] class indices)."""
-
-    targets: torch.Tensor
-    attributions: dict[str, Attribution]
 
 
 class ImageFlow:
@@ -35,15 +28,13 @@ class ImageFlow:
         self.name = name
         self.handler = handler
 
+    def process(self, batch: Sequence[tuple[ImageJob, float]]) -> list[Any]:
+        return run_batch(batch, lambda jobs: answer_batch(self.handler, self.name, jobs))
+
     async def predict(self, call: Call, payloads: list[Payload]) -> list[dict[str, float]]:
         inputs, _ = await call.in_thread("decode", lambda: self.decode(payloads))
-
-        def job() -> torch.Tensor:
-            with call.timings.stage("inference"):
-                return self.handler.infer(inputs, capture=False).probabilities
-
-        probabilities = await call.queued(job, len(payloads))
-        return self.handler.top_classes(probabilities)
+        answer: ImageAnswer = await call.queued(ImageJob(call, inputs))
+        return self.handler.top_classes(answer.probabilities)
 
     async def explain(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
@@ -51,25 +42,10 @@ class ImageFlow:
         wanted = self.target_indices(request.target)
         layers = {n for e in explainers.values() if (n := self.handler.layer_for(e)) is not None}
         inputs, images = await call.in_thread("decode", lambda: self.decode(request.inputs))
-
-        def job() -> tuple[torch.Tensor, list[_TargetRun]]:
-            with call.timings.stage("inference"):
-                result = self.handler.infer(inputs, capture=False, layers=layers)
-            runs = []
-            for index in wanted:
-                run = _TargetRun(_target_tensor(index, result.probabilities), {})
-                for name, explainer in explainers.items():
-                    with call.timings.stage(explainer.stage, method=name):
-                        run.attributions[name] = self.handler.explain(
-                            result, explainer, run.targets
-                        )
-                runs.append(run)
-            return result.probabilities, runs
-
-        probabilities, runs = await call.queued(job, len(request.inputs))
+        job = ImageJob(call, inputs, explainers, wanted, frozenset(layers))
+        answer: ImageAnswer = await call.queued(job)
         return await call.in_thread(
-            "encode",
-            lambda: self.encode(images, probabilities, runs, explainers, request.overlay),
+            "encode", lambda: self.encode(images, answer, explainers, request.overlay)
         )
 
     async def heatmap(
@@ -123,17 +99,17 @@ class ImageFlow:
     def encode(
         self,
         images: list[Image.Image],
-        probabilities: torch.Tensor,
-        runs: list[_TargetRun],
+        answer: ImageAnswer,
         explainers: dict[str, Explainer],
         overlay: bool,
     ) -> list[ImageResult]:
         """Per image: its top classes, and for each target every method's normalised map."""
+        probabilities = answer.probabilities
         predictions = self.handler.top_classes(probabilities)
         results = []
         for i, image in enumerate(images):
             per_target = []
-            for run in runs:
+            for run in answer.runs:
                 index = int(run.targets[i])
                 target = Target(index, self.handler.classes[index], float(probabilities[i, index]))
                 box = self.handler.overlay_box(image) if overlay else None
@@ -168,10 +144,3 @@ def _map(
         extras=attribution.extra(index),
         overlay=picture,
     )
-
-
-def _target_tensor(index: int | None, probabilities: torch.Tensor) -> torch.Tensor:
-    """[N] class indices: each input's predicted class, or `index` for all of them."""
-    if index is None:
-        return probabilities.argmax(dim=1)
-    return torch.full((probabilities.shape[0],), index, dtype=torch.long)

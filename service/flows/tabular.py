@@ -5,13 +5,25 @@ Example: ``await TabularFlow("tabular", handler).predict(call, [Payload(b'{"Stor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from service.errors import BadInput, UnsupportedMediaType
 from service.explain import Explainer
-from service.flows.base import Call, ExplainRequest, Payload
+from service.flows.base import Call, ExplainRequest, Job, Payload, run_batch
 from service.handlers.tabular import Row, TabularHandler
 from service.results import RowResult
+
+
+@dataclass
+class TabularJob(Job):
+    """One request's rows, and for an explanation the methods to attribute them with."""
+
+    rows: list[Row]
+    explainers: dict[str, Explainer] = field(default_factory=dict)
 
 
 class TabularFlow:
@@ -21,16 +33,13 @@ class TabularFlow:
         self.name = name
         self.handler = handler
 
+    def process(self, batch: Sequence[tuple[TabularJob, float]]) -> list[Any]:
+        return run_batch(batch, self._answer)
+
     async def predict(self, call: Call, payloads: list[Payload]) -> list[list[float]]:
         """Per payload, the predicted value of each of its rows (what TorchServe answers)."""
         requests = await call.in_thread("decode", lambda: self.decode(payloads))
-        flat = [row for rows in requests for row in rows]
-
-        def job() -> list[float]:
-            with call.timings.stage("inference"):
-                return self.handler.predict_rows(flat)
-
-        values = iter(await call.queued(job, len(flat)))
+        values = iter(await call.queued(TabularJob(call, [r for rows in requests for r in rows])))
         return [[next(values) for _ in rows] for rows in requests]
 
     async def explain(
@@ -38,15 +47,64 @@ class TabularFlow:
     ) -> list[RowResult]:
         requests = await call.in_thread("decode", lambda: self.decode(request.inputs))
         rows = [row for payload_rows in requests for row in payload_rows]
+        answer: list[RowResult] = await call.queued(TabularJob(call, rows, explainers))
+        return answer
 
-        def job() -> list[RowResult]:
-            per_method = []
-            for name, explainer in explainers.items():
-                with call.timings.stage(explainer.stage, method=name):
-                    per_method.append(self.handler.explain_rows(rows, explainer))
-            return [_merge(results) for results in zip(*per_method, strict=True)]
+    def _answer(self, jobs: list[TabularJob]) -> list[Any]:
+        """Predictions for all predicting jobs in one pass; each method once over the rows of
+        every job that asked for it; then each job's own rows back."""
+        jobs[0].call.metrics.batch_size.labels(self.name).observe(sum(len(j.rows) for j in jobs))
+        answers: dict[int, Any] = {}
+        predicting = [k for k, job in enumerate(jobs) if not job.explainers]
+        if predicting:
+            values = self._timed(
+                jobs, predicting, "inference", "", lambda rows: self.handler.predict_rows(rows)
+            )
+            for k, part in zip(predicting, values, strict=True):
+                answers[k] = part
+        per_method: dict[int, list[list[RowResult]]] = {
+            k: [] for k, j in enumerate(jobs) if j.explainers
+        }
+        groups: dict[Any, list[int]] = {}
+        for k, job in enumerate(jobs):
+            for explainer in job.explainers.values():
+                groups.setdefault(explainer.same_call(), []).append(k)
+        for key, members in groups.items():
+            explainer = next(
+                e for e in jobs[members[0]].explainers.values() if e.same_call() == key
+            )
+            parts = self._timed(
+                jobs,
+                members,
+                explainer.stage,
+                explainer.name,
+                partial(self.handler.explain_rows, method=explainer),
+            )
+            for k, part in zip(members, parts, strict=True):
+                per_method[k].append(part)
+        for k, results in per_method.items():
+            answers[k] = [_merge(row) for row in zip(*results, strict=True)]
+        return [answers[k] for k in range(len(jobs))]
 
-        return await call.queued(job, len(rows))
+    def _timed(
+        self,
+        jobs: list[TabularJob],
+        members: list[int],
+        stage: str,
+        method: str,
+        run: Callable[[list[Row]], list[Any]],
+    ) -> list[list[Any]]:
+        """`run` over the rows of `members` at once, split back per job; each job records it."""
+        rows = [row for k in members for row in jobs[k].rows]
+        started = time.perf_counter()
+        out = run(rows)
+        seconds = time.perf_counter() - started
+        parts, start = [], 0
+        for k in members:
+            jobs[k].call.timings.record(stage, seconds, method)
+            parts.append(out[start : start + len(jobs[k].rows)])
+            start += len(jobs[k].rows)
+        return parts
 
     async def heatmap(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from service.errors import SchemaError
+from service.errors import PayloadTooLarge, SchemaError
 from service.explain import REGISTRY, Attribution, Explainer, ImageBatch, methods_for
 from service.handlers.base import GlimpseHandler, HandlerContext, request_payload
 from service.hooks import capture_output, find_layer
@@ -98,30 +98,46 @@ class ImageHandler(GlimpseHandler):
         self, data: list[dict[str, Any]], context: HandlerContext | None
     ) -> list[dict[str, float]]:
         images = [self.decode(request_payload(item)) for item in data]
-        result = self.infer(self.preprocess(images), capture=False)
+        result = self.infer(self.preprocess(images), capture=False, inference=True)
         return self.top_classes(result.probabilities)
 
     # -- the stages, each usable on its own --------------------------------------------------
     def decode(self, payload: Any) -> Image.Image:
         if isinstance(payload, str):
             payload = payload.encode("latin-1")
-        return decode_image(payload or b"", self.max_pixels)
+        image = decode_image(payload or b"", self.max_pixels)
+        # Resize(256) makes a thin strip huge (2000x1 -> 512000x256): bound that too.
+        width, height = self.transform.resized_size(*image.size)
+        if width * height > self.max_pixels:
+            raise PayloadTooLarge(
+                f"the image is {image.width}x{image.height}; the model's preprocessing resizes it "
+                f"to {width}x{height} = {width * height} pixels, over the limit of "
+                f"{self.max_pixels}; send an image of a less extreme shape"
+            )
+        return image
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB images of any size -> [N, 3, H, W] normalised float tensor."""
         return self.transform(images)
 
     def infer(
-        self, inputs: torch.Tensor, capture: bool = True, layers: Collection[str] = ()
+        self,
+        inputs: torch.Tensor,
+        capture: bool = True,
+        layers: Collection[str] = (),
+        inference: bool = False,
     ) -> Inference:
         """One forward pass; hooks keep the output of `layers` (and of the default layer, with
-        `capture`) and are removed before it returns, also when the forward fails."""
+        `capture`) and are removed before it returns, also when the forward fails. With
+        `inference`, the pass runs under torch.inference_mode (its tensors then cannot enter
+        a later gradient computation: only for answers that need none)."""
         names = set(layers) | ({self.default_layer} if capture and self.default_layer else set())
-        with torch.no_grad(), ExitStack() as hooks:
+        grad_free = torch.inference_mode() if inference else torch.no_grad()
+        with grad_free, ExitStack() as hooks:
             seen = {name: hooks.enter_context(capture_output(self.module(name))) for name in names}
-            logits = self.network(inputs)
+            probabilities = torch.softmax(self.network(inputs), dim=1)
         activations = {name: c.output for name, c in seen.items() if c.output is not None}
-        return Inference(inputs, torch.softmax(logits, dim=1), activations)
+        return Inference(inputs, probabilities, activations)
 
     def module(self, name: str) -> nn.Module:
         return find_layer(self.network, name)
@@ -132,7 +148,7 @@ class ImageHandler(GlimpseHandler):
         requested = explainer.options.get("layer") or None
         if not explainer.needs_activations:
             return None
-        if requested is None and self.default_layer is None:
+        if self.default_layer is None:  # no layer can be hooked, named or not
             working = [m for m in methods_for(self.kind) if not REGISTRY[m].needs_activations]
             raise SchemaError(
                 f"{explainer.name} needs a layer's activations and this model has none that can "

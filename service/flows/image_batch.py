@@ -1,0 +1,145 @@
+"""What an image model's worker does with a batch of jobs (predictions and explanations).
+
+One forward pass for every input of every job, with a hook on each layer some job's
+method reads (under `torch.inference_mode` when no job explains). Then each method runs
+once for all the inputs that asked for it with the same options: the inputs, their
+targets (which may differ) and their captured activations are concatenated, so Grad-CAM
+for several images and targets is one backward. A method whose answer for one input
+depends on the others in its call (`batchable = False`: noise drawn per call) runs job by
+job. Hooks live for one forward pass, and gradients are taken per method call, on tensors
+of that call only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import torch
+
+from service.explain import Attribution, Explainer
+from service.flows.base import Job
+from service.handlers.image import ImageHandler, Inference
+
+
+@dataclass
+class ImageJob(Job):
+    """One request: its inputs [n, 3, H, W], and for explanations the methods, the targets
+    (class indices, None for each input's predicted class) and the layers they read."""
+
+    inputs: torch.Tensor
+    explainers: dict[str, Explainer] = field(default_factory=dict)
+    wanted: list[int | None] = field(default_factory=lambda: [None])
+    layers: frozenset[str] = frozenset()
+
+
+@dataclass
+class TargetRun:
+    """Every method's attribution for one choice of target ([n] class indices)."""
+
+    targets: torch.Tensor
+    attributions: dict[str, Attribution] = field(default_factory=dict)
+
+
+@dataclass
+class ImageAnswer:
+    """A job's probabilities [n, K] and, for an explanation, one run per wanted target."""
+
+    probabilities: torch.Tensor
+    runs: list[TargetRun] = field(default_factory=list)
+
+
+@dataclass
+class _Unit:
+    """One job's inputs with one of its targets, for one method."""
+
+    job: int
+    run: int
+    method: str
+    explainer: Explainer
+
+
+def answer_batch(handler: ImageHandler, model: str, jobs: list[ImageJob]) -> list[ImageAnswer]:
+    """Each job's answer, from one forward pass and one call per method."""
+    inputs = torch.cat([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
+    layers = frozenset().union(*(job.layers for job in jobs))
+    explaining = any(job.explainers for job in jobs)
+    started = time.perf_counter()
+    result = handler.infer(inputs, capture=False, layers=layers, inference=not explaining)
+    seconds = time.perf_counter() - started
+    jobs[0].call.metrics.batch_size.labels(model).observe(len(inputs))
+    spans = _spans([len(job.inputs) for job in jobs])
+    answers = []
+    for job, (start, stop) in zip(jobs, spans, strict=True):
+        job.call.timings.record("inference", seconds)
+        probabilities = result.probabilities[start:stop]
+        runs = [TargetRun(_target_tensor(i, probabilities)) for i in job.wanted]
+        answers.append(ImageAnswer(probabilities, runs if job.explainers else []))
+    for units in _groups(jobs, answers).values():
+        _explain(handler, result, jobs, answers, spans, units)
+    return answers
+
+
+def _groups(jobs: list[ImageJob], answers: list[ImageAnswer]) -> dict[Hashable, list[_Unit]]:
+    """Units that can share one call: same method and options (or one unit alone)."""
+    groups: dict[Hashable, list[_Unit]] = defaultdict(list)
+    for k, (job, answer) in enumerate(zip(jobs, answers, strict=True)):
+        for r in range(len(answer.runs)):
+            for name, explainer in job.explainers.items():
+                key = explainer.same_call() if explainer.batchable else (name, k, r)
+                groups[key].append(_Unit(k, r, name, explainer))
+    return groups
+
+
+def _explain(
+    handler: ImageHandler,
+    result: Inference,
+    jobs: list[ImageJob],
+    answers: list[ImageAnswer],
+    spans: list[tuple[int, int]],
+    units: list[_Unit],
+) -> None:
+    """One call of `units[0].explainer` over every unit's inputs; each unit gets its part."""
+    explainer = units[0].explainer
+    layer = handler.layer_for(explainer)
+    pieces = [slice(*spans[u.job]) for u in units]
+    captured = result.activations.get(layer) if layer is not None else None
+    activations = {}
+    if layer is not None and captured is not None:
+        activations[layer] = torch.cat([captured[p] for p in pieces])
+    sub = Inference(
+        torch.cat([result.inputs[p] for p in pieces]),
+        torch.cat([result.probabilities[p] for p in pieces]),
+        activations,
+    )
+    targets = torch.cat([answers[u.job].runs[u.run].targets for u in units])
+    started = time.perf_counter()
+    attribution = handler.explain(sub, explainer, targets)
+    seconds = time.perf_counter() - started
+    offset = 0
+    for unit, piece in zip(units, pieces, strict=True):
+        size = piece.stop - piece.start
+        answers[unit.job].runs[unit.run].attributions[unit.method] = attribution.part(
+            offset, offset + size
+        )
+        offset += size
+    for k in {u.job for u in units}:
+        jobs[k].call.timings.record(explainer.stage, seconds, units[0].method)
+
+
+def _spans(sizes: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) of each job's inputs in the concatenated batch."""
+    spans, start = [], 0
+    for size in sizes:
+        spans.append((start, start + size))
+        start += size
+    return spans
+
+
+def _target_tensor(index: int | None, probabilities: torch.Tensor) -> torch.Tensor:
+    """[n] class indices: each input's predicted class, or `index` for all of them."""
+    if index is None:
+        return probabilities.argmax(dim=1)
+    return torch.full((probabilities.shape[0],), index, dtype=torch.long)

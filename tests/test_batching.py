@@ -1,0 +1,189 @@
+"""Dynamic batching: batched answers equal unbatched ones, and a batch never mixes fates."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.explain import REGISTRY, methods_for
+from service.flows.image import ImageFlow
+from service.flows.image_batch import ImageAnswer, ImageJob
+from service.handlers.image import ImageHandler
+from service.metrics import Metrics
+from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
+from service.results import ImageResult
+from service.runtime import Runtime
+from service.timing import Timings
+from service.worker import Batching, Worker
+from tests.helpers import png
+from training.shapes import make_shapes
+
+# Cheap parameters, so that every method runs in the suite's time.
+FAST = {
+    "integrated_gradients": {"steps": 8},
+    "smoothgrad": {"samples": 4},
+    "gradient_shap": {"samples": 4},
+    "occlusion": {"window": 16, "stride": 16},
+}
+
+
+def images(n: int, seed: int = 11) -> list[bytes]:
+    return [png(Image.fromarray(a)) for a in make_shapes(n, seed=seed).images]
+
+
+@pytest.fixture(scope="module")
+def runtimes(cnn_archive: Path) -> Iterator[tuple[Runtime, Runtime]]:
+    """The same archive twice: one runtime that never batches, one that waits to batch."""
+    alone = Runtime.load([cnn_archive], metrics=Metrics(), batching=Batching(1, 0))
+    batched = Runtime.load([cnn_archive], metrics=Metrics(), batching=Batching(16, 300))
+    yield alone, batched
+    alone.close()
+    batched.close()
+
+
+def requests() -> list[ExplainRequest | PredictRequest]:
+    """Predictions and explanations with different methods, options and targets."""
+    pictures = images(6)
+    methods = methods_for("image")
+    out: list[ExplainRequest | PredictRequest] = [PredictRequest("cnn", [Payload(pictures[0])])]
+    for i, method in enumerate(methods):
+        target = [None, "circle", "square,triangle", "2"][i % 4]
+        picture = Payload(pictures[i % len(pictures)])
+        out.append(ExplainRequest("cnn", [picture], [method], target, FAST.get(method, {})))
+    out.append(ExplainRequest("cnn", [Payload(p) for p in pictures[:2]], ["gradcam", "saliency"]))
+    return out
+
+
+async def answer(pipeline: Pipeline, request: ExplainRequest | PredictRequest) -> Any:
+    if isinstance(request, PredictRequest):
+        return await pipeline.predict(request)
+    results, _ = await pipeline.explain(request)
+    return results
+
+
+def test_batched_answers_equal_unbatched(runtimes: tuple[Runtime, Runtime]) -> None:
+    alone, batched = runtimes
+    todo = requests()
+
+    async def run_all() -> tuple[list[Any], list[Any]]:
+        one_by_one = [await answer(Pipeline(alone), r) for r in todo]
+        together = await asyncio.gather(*(answer(Pipeline(batched), r) for r in todo))
+        return one_by_one, list(together)
+
+    one_by_one, together = asyncio.run(run_all())
+    sizes = batched.metrics.registry.get_sample_value("glimpse_batch_size_sum", {"model": "cnn"})
+    counts = batched.metrics.registry.get_sample_value("glimpse_batch_size_count", {"model": "cnn"})
+    assert counts is not None and sizes is not None and sizes / counts > 1, "no batch formed"
+    for single, joint in zip(one_by_one, together, strict=True):
+        if not isinstance(single[0], ImageResult):
+            assert len(single) == len(joint) == 1  # one image's top classes
+            assert single[0] == pytest.approx(joint[0], abs=1e-5)
+            continue
+        for a, b in zip(single, joint, strict=True):
+            assert a.prediction == pytest.approx(b.prediction, abs=1e-5)
+            assert [t.target for t in a.targets] == [t.target for t in b.targets]
+            for ta, tb in zip(a.targets, b.targets, strict=True):
+                for ma, mb in zip(ta.maps, tb.maps, strict=True):
+                    assert ma.method == mb.method
+                    assert np.allclose(ma.values, mb.values, atol=1e-5), ma.method
+                    assert ma.extras == pytest.approx(mb.extras, abs=1e-5)
+
+
+def test_every_method_is_covered() -> None:
+    covered = {r.methods[0] for r in requests() if isinstance(r, ExplainRequest)}
+    assert (
+        covered
+        == set(methods_for("image"))
+        == {m for m in REGISTRY if "image" in REGISTRY[m].kinds}
+    )
+
+
+def test_one_bad_job_fails_alone(runtimes: tuple[Runtime, Runtime]) -> None:
+    """The batch function answers each job: a job whose input breaks the forward pass gets
+    its exception, the others their answers, equal to what they get alone."""
+    alone, _ = runtimes
+    model = alone.get("cnn")
+    assert isinstance(model.flow, ImageFlow) and isinstance(model.handler, ImageHandler)
+    flow, handler = model.flow, model.handler
+    call = Pipeline(alone)._call(model)
+    good = handler.preprocess([Image.open(__import__("io").BytesIO(b)) for b in images(2)])
+    bad = torch.zeros(1, 5, *handler.size)  # five channels: the first conv refuses it
+    jobs = [ImageJob(call, good[:1]), ImageJob(call, bad), ImageJob(call, good[1:])]
+    answers = flow.process([(job, 0.0) for job in jobs])
+    assert isinstance(answers[1], RuntimeError)
+    for job, got in zip((jobs[0], jobs[2]), (answers[0], answers[2]), strict=True):
+        [expected] = flow.process([(job, 0.0)])
+        assert isinstance(got, ImageAnswer) and isinstance(expected, ImageAnswer)
+        assert torch.allclose(got.probabilities, expected.probabilities, atol=1e-6)
+
+
+class Recorder:
+    """A batch function that remembers each batch and holds the first one until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+
+    def __call__(self, batch: Sequence[tuple[str, float]]) -> list[Any]:
+        if not self.batches:
+            self.release.wait(10)
+        self.batches.append([job for job, _ in batch])
+        return [f"done {job}" for job, _ in batch]
+
+
+def test_a_client_cancelled_while_queued_takes_nothing_from_the_batch() -> None:
+    recorder = Recorder()
+    worker: Worker[str] = Worker("m", recorder, Batching(8, 0), 64, lambda depth: None)
+
+    async def scenario() -> list[Any]:
+        first = asyncio.ensure_future(worker.run("a"))
+        await asyncio.sleep(0.05)  # "a" is running and holds the worker
+        queued = [asyncio.ensure_future(worker.run(job)) for job in ("b", "c", "d")]
+        await asyncio.sleep(0.05)
+        queued[1].cancel()  # "c" leaves while queued
+        await asyncio.sleep(0.01)
+        recorder.release.set()
+        return await asyncio.gather(first, queued[0], queued[2])
+
+    try:
+        assert asyncio.run(scenario()) == ["done a", "done b", "done d"]
+    finally:
+        worker.close()
+    assert recorder.batches == [["a"], ["b", "d"]]
+
+
+def test_max_batch_delay_gathers_and_batch_size_caps() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    worker: Worker[str] = Worker("m", recorder, Batching(3, 200), 64, lambda depth: None)
+    try:
+        futures = []
+        for job in "abcde":
+            futures.append(worker.submit(job))
+            time.sleep(0.01)
+        assert [f.result(timeout=5) for f in futures] == [f"done {j}" for j in "abcde"]
+    finally:
+        worker.close()
+    assert recorder.batches == [["a", "b", "c"], ["d", "e"]]
+
+
+def test_timings_are_per_request(runtimes: tuple[Runtime, Runtime]) -> None:
+    """Each request of a batch records its own queue wait and the shared inference time."""
+    _, batched = runtimes
+    model = batched.get("cnn")
+    timings = Timings("cnn")
+    assert "queue" not in timings.ms
+    results, ms = asyncio.run(
+        Pipeline(batched).explain(ExplainRequest("cnn", [Payload(images(1)[0])], ["activation"]))
+    )
+    assert {"decode", "queue", "inference", "heatmap.activation", "encode"} <= set(ms)
+    assert model.worker.alive
