@@ -17,6 +17,7 @@ from service.config import ConfigError, Settings, parse_names
 from service.http import create_app
 from service.pipeline import Pipeline
 from service.runtime import Runtime
+from service.threads import configure as configure_threads
 from service.worker import Batching
 
 log = logging.getLogger("glimpse")
@@ -32,6 +33,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--max-body-bytes", type=int, help="largest accepted request body")
     parser.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
     parser.add_argument("--batch-size", type=int, help="jobs per forward pass (default 16)")
+    parser.add_argument(
+        "--torch-threads", type=int, help="torch intra-op threads (default 0: chosen by glimpse)"
+    )
+    parser.add_argument("--access-log", action="store_true", help="log a line per request")
     parser.add_argument(
         "--max-batch-delay", type=int, help="ms to wait for a batch to fill (default 0)"
     )
@@ -54,6 +59,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             grpc=False if args.no_grpc else None,
             enable_management=True if args.enable_management else None,
             batch_size=args.batch_size,
+            torch_threads=args.torch_threads,
+            access_log=True if args.access_log else None,
             max_batch_delay=args.max_batch_delay,
         )
     except ConfigError as exc:
@@ -62,6 +69,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
 
 
 async def serve(settings: Settings) -> None:
+    threads = configure_threads(settings.torch_threads)
+    log.info("torch uses %d intra-op thread(s)", threads)
     runtime = Runtime.load(
         settings.archives(),
         max_queue=settings.max_queue,
@@ -78,7 +87,13 @@ async def serve(settings: Settings) -> None:
         )
     pipeline = Pipeline(runtime)
     app = create_app(settings, pipeline)
-    config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="info")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level="info",
+        access_log=settings.access_log,
+    )
     server = uvicorn.Server(config)
     grpc_server = None
     if settings.grpc:

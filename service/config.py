@@ -33,6 +33,8 @@ class Settings:
     max_queue: int = 64
     batch_size: int = 16  # jobs one forward pass may take (TorchServe's batch_size)
     max_batch_delay: int = 0  # ms to wait for a batch to fill; 0: take what is waiting
+    torch_threads: int = 0  # torch's intra-op threads; 0: chosen by service.threads
+    access_log: bool = False  # uvicorn's line per request (costs time on every request)
     grpc: bool = True
     enable_management: bool = False  # POST /models?url=, DELETE /models/{name}
 
@@ -41,6 +43,8 @@ class Settings:
             port = getattr(self, port_name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{port_name} must be between 0 and 65535, got {port}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads must be 0 (auto) or more, got {self.torch_threads}")
         if self.max_batch_delay < 0:
             raise ConfigError(f"max_batch_delay must be 0 or more ms, got {self.max_batch_delay}")
         for name in ("max_body_bytes", "max_image_pixels", "max_queue", "batch_size"):

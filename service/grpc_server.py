@@ -256,6 +256,7 @@ def explain_request(
         request.target or None,
         dict(request.params),
         request.include_overlay,
+        request.overlay_format.lower() or "png",
     )
 
 
@@ -319,7 +320,9 @@ def encode_map(result: MapResult) -> pb.Map:
         values=result.values.ravel().tolist(),
         signed=result.signed,
         reduction=result.reduction,
-        overlay_png=result.overlay or b"",
+        overlay_png=(result.overlay or b"") if result.overlay_format == "png" else b"",
+        overlay=result.overlay or b"",
+        overlay_format=result.overlay_format if result.overlay else "",
         extras=extras,
     )
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,13 +22,23 @@ from starlette.routing import Match
 
 from service import __version__
 from service.config import Settings
+from service.encode import MEDIA_TYPES
 from service.errors import BadInput, GlimpseError, PayloadTooLarge
 from service.management import add_management_routes
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.results import Explanation, ImageResult, MapResult, RowResult, TargetMaps
 
-ROUTE_PARAMS = {"methods", "method", "target", "overlay"}
+ROUTE_PARAMS = {"methods", "method", "target", "overlay", "format"}
+
+
+class FastJSON(Response):
+    """JSON written by orjson: the explanation bodies are long lists of floats."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
@@ -91,7 +102,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         runtime.get(name)
         inputs = await read_inputs(request, settings)
         results = await pipeline.predict(PredictRequest(name, inputs))
-        return results[0]
+        return FastJSON(results[0])
 
     @app.post("/explanations/{name}")
     async def explanations(name: str, request: Request) -> Any:
@@ -99,15 +110,17 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         runtime.get(name)
         inputs = await read_inputs(request, settings)
         results, timings = await pipeline.explain(explain_request(name, inputs, request))
-        return explanation_body(name, results, timings)
+        return FastJSON(explanation_body(name, results, timings))
 
     @app.post("/heatmaps/{name}")
     async def heatmaps(name: str, request: Request) -> Response:
-        """Image in, PNG overlay of the same size out (`method=activation` by default)."""
+        """Image in, the overlay of the same size out (`method=activation` by default), as
+        `format=png` (default), `jpeg` or `webp`."""
         runtime.get(name)
         inputs = await read_inputs(request, settings)
-        png = await pipeline.heatmap(explain_request(name, inputs, request))
-        return Response(png, media_type="image/png")
+        explain = explain_request(name, inputs, request)
+        picture = await pipeline.heatmap(explain)
+        return Response(picture, media_type=MEDIA_TYPES[explain.overlay_format])
 
     if settings.enable_management:
         add_management_routes(app, settings, runtime)
@@ -156,7 +169,15 @@ def explain_request(name: str, inputs: list[Any], request: Request) -> ExplainRe
     methods = [m.strip() for m in raw_methods.split(",") if m.strip()]
     params = {k: v for k, v in query.items() if k not in ROUTE_PARAMS}
     overlay = query.get("overlay", "true").lower() not in ("0", "false", "no")
-    return ExplainRequest(name, inputs, methods, query.get("target"), params, overlay)
+    return ExplainRequest(
+        name,
+        inputs,
+        methods,
+        query.get("target"),
+        params,
+        overlay,
+        query.get("format", "png").lower(),
+    )
 
 
 def explanation_body(

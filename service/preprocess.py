@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -155,9 +156,15 @@ class ImageTransform:
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack([self.pixels(im) for im in images])).permute(0, 3, 1, 2)
         scaled = batch.to(torch.float32) / 255.0
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        return (scaled - mean) / std
+        return (scaled - self._mean) / self._std
+
+    @cached_property
+    def _mean(self) -> torch.Tensor:
+        return torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @cached_property
+    def _std(self) -> torch.Tensor:
+        return torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
 
 
 def _center_crop(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

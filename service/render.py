@@ -7,7 +7,6 @@ diverging blue-white-red map centred on zero.
 
 from __future__ import annotations
 
-import io
 from functools import cache
 
 import numpy as np
@@ -38,10 +37,21 @@ def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def colourise(grid: np.ndarray, signed: bool) -> np.ndarray:
     """A normalised map ([0, 1] or [-1, 1]) -> [h, w, 3] uint8 colours."""
-    position = (grid + 1) / 2 if signed else grid
-    index = np.clip(np.round(position * 255), 0, 255).astype(np.uint8)
-    colours: np.ndarray = _lut("RdBu_r" if signed else "magma")[index]
+    colours: np.ndarray = _lut("RdBu_r" if signed else "magma")[_indices(grid, signed)]
     return colours
+
+
+def coloured(grid: np.ndarray, signed: bool) -> Image.Image:
+    """The same colours as `colourise`, as an RGB image, looked up by Pillow (a palette)."""
+    picture = Image.fromarray(_indices(grid, signed), mode="L")
+    picture.putpalette(_lut("RdBu_r" if signed else "magma").tobytes(), rawmode="RGB")
+    return picture.convert("RGB")
+
+
+def _indices(grid: np.ndarray, signed: bool) -> np.ndarray:
+    position = (grid + 1) / 2 if signed else grid
+    indices: np.ndarray = np.clip(np.round(position * 255), 0, 255).astype(np.uint8)
+    return indices
 
 
 def overlay(
@@ -55,32 +65,20 @@ def overlay(
 
     `box` (left, top, right, bottom, in the image's pixels) is the part of the image the
     model's input showed (a centre crop, say); the map is stretched over it and the rest of
-    the image, which the model never saw, is dimmed. Default: the whole image.
+    the image, which the model never saw, is dimmed. Default: the whole image. The map is
+    upsampled as numbers, then coloured and blended by Pillow, in C.
     """
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    height, width = base.shape[:2]
+    base = image.convert("RGB")
+    width, height = base.size
     left, top, right, bottom = box if box is not None else (0.0, 0.0, width, height)
-    if (left, top, right, bottom) == (0, 0, width, height):
-        colours = colourise(upsample(grid, (width, height)), signed).astype(np.float32)
-        return _blend(base, colours, alpha)
-    inside_w, inside_h = max(1, round(right - left)), max(1, round(bottom - top))
-    colours = colourise(upsample(grid, (inside_w, inside_h)), signed).astype(np.float32)
+    if (round(left), round(top), round(right), round(bottom)) == (0, 0, width, height):
+        return Image.blend(base, coloured(upsample(grid, (width, height)), signed), alpha)
+    inside = (max(1, round(right - left)), max(1, round(bottom - top)))
+    colours = coloured(upsample(grid, inside), signed)
     x0, y0 = round(left), round(top)
-    # The map's pixels that fall inside the image (a crop larger than the image overhangs it).
-    cx0, cy0 = max(0, -x0), max(0, -y0)
-    cx1, cy1 = min(inside_w, width - x0), min(inside_h, height - y0)
-    out = base * 0.5
-    region = (slice(y0 + cy0, y0 + cy1), slice(x0 + cx0, x0 + cx1))
-    out[region] = (1 - alpha) * base[region] + alpha * colours[cy0:cy1, cx0:cx1]
-    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
-
-
-def _blend(base: np.ndarray, colours: np.ndarray, alpha: float) -> Image.Image:
-    blended = (1 - alpha) * base + alpha * colours
-    return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    # The part of the map that falls inside the image (a crop larger than the image overhangs).
+    window = (max(0, -x0), max(0, -y0), min(inside[0], width - x0), min(inside[1], height - y0))
+    region = (x0 + window[0], y0 + window[1], x0 + window[2], y0 + window[3])
+    out = Image.eval(base, lambda v: v // 2)
+    out.paste(Image.blend(base.crop(region), colours.crop(window), alpha), region[:2])
+    return out

@@ -50,6 +50,8 @@ def test_every_field_is_read_from_its_variable() -> None:
         "GLIMPSE_ENABLE_MANAGEMENT": "yes",
         "GLIMPSE_BATCH_SIZE": "4",
         "GLIMPSE_MAX_BATCH_DELAY": "5",
+        "GLIMPSE_TORCH_THREADS": "1",
+        "GLIMPSE_ACCESS_LOG": "on",
     }
     assert {env_variable(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -66,6 +68,8 @@ def test_every_field_is_read_from_its_variable() -> None:
         enable_management=True,
         batch_size=4,
         max_batch_delay=5,
+        torch_threads=1,
+        access_log=True,
     )
     assert isinstance(settings.model_store, Path) and isinstance(settings.grpc, bool)
 

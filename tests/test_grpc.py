@@ -467,3 +467,18 @@ def test_several_targets_match_http(
         [grid] = got.maps
         values = np.reshape(grid.values, (grid.height, grid.width))
         np.testing.assert_allclose(values, expected["explanations"]["gradcam"]["values"], atol=1e-5)
+
+
+def test_overlay_format_over_grpc(stub: pb_grpc.GlimpseStub, shapes_png: bytes) -> None:
+    """overlay_format asks for JPEG or WebP; Map.overlay carries it, overlay_png stays PNG-only."""
+    for fmt, media in (("jpeg", "JPEG"), ("webp", "WEBP"), ("", "PNG")):
+        request = pb.ExplainRequest(
+            model="cnn", inputs=[image_input(shapes_png)], include_overlay=True, overlay_format=fmt
+        )
+        [grid] = stub.Explain(request).explanations[0].image.maps
+        assert grid.overlay_format == (fmt or "png")
+        assert Image.open(io.BytesIO(grid.overlay)).format == media
+        assert grid.overlay_png == (grid.overlay if media == "PNG" else b"")
+    bad = pb.ExplainRequest(model="cnn", inputs=[image_input(shapes_png)], overlay_format="gif")
+    error = grpc_error(stub.Explain, bad)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "png" in error.details()

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from service.encode import FORMATS
+from service.errors import SchemaError
 from service.explain import Explainer
 from service.metrics import Metrics
 from service.results import Explanation, Prediction
@@ -48,6 +50,11 @@ class ExplainRequest:
     target: str | None = None  # class names or indices, comma-separated; None: the predicted one
     params: dict[str, Any] = field(default_factory=dict)  # "param" or "method.param" -> value
     overlay: bool = True  # include overlay pictures
+    overlay_format: str = "png"  # one of service.encode.FORMATS
+
+    def __post_init__(self) -> None:
+        if self.overlay_format not in FORMATS:
+            raise SchemaError(f"format must be one of {list(FORMATS)}, got {self.overlay_format!r}")
 
 
 class Runner(Protocol):

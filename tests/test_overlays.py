@@ -1,0 +1,61 @@
+"""Overlay pictures: the fast PNG writer is a real PNG, and format= works on both doors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service import encode, render
+from tests.helpers import random_image
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (256, 256), (641, 427)])
+def test_png_decodes_to_the_same_pixels(size: tuple[int, int]) -> None:
+    image = random_image(*size, seed=size[0])
+    data = encode.png(image)
+    back = Image.open(io.BytesIO(data))
+    assert back.format == "PNG" and back.size == size and back.mode == "RGB"
+    assert np.array_equal(np.asarray(back), np.asarray(image))
+
+
+def test_overlay_blends_like_the_float_formula() -> None:
+    """Pillow's palette and blend give the picture the numpy formula gives, to one level."""
+    image = random_image(64, 48, seed=3)
+    grid = np.random.default_rng(0).random((6, 8)).astype(np.float32)
+    for signed in (False, True):
+        values = grid * 2 - 1 if signed else grid
+        colours = render.colourise(render.upsample(values, image.size), signed)
+        expected = 0.5 * np.asarray(image, np.float32) + 0.5 * colours
+        got = np.asarray(render.overlay(image, values, signed), np.float32)
+        assert np.abs(got - expected).max() <= 1.0
+
+
+def test_overlay_outside_the_box_is_dimmed() -> None:
+    image = Image.new("RGB", (100, 80), (200, 200, 200))
+    out = np.asarray(render.overlay(image, np.ones((4, 4), np.float32), False, box=(20, 0, 80, 80)))
+    assert (out[:, :20] == 100).all() and (out[:, 80:] == 100).all()
+    assert not (out[:, 20:80] == 100).all()
+
+
+@pytest.mark.parametrize(("format", "media"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_heatmap_formats(client: TestClient, shapes_png: bytes, format: str, media: str) -> None:
+    response = client.post(f"/heatmaps/cnn?format={format}", content=shapes_png)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == encode.MEDIA_TYPES[format]
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.format == media and picture.size == Image.open(io.BytesIO(shapes_png)).size
+
+
+def test_explanations_carry_the_asked_format(client: TestClient, shapes_png: bytes) -> None:
+    body = client.post("/explanations/cnn?format=webp", content=shapes_png).json()
+    entry = body["explanations"]["activation"]
+    assert "overlay_webp" in entry and "overlay_png" not in entry
+
+
+def test_an_unknown_format_is_a_422(client: TestClient, shapes_png: bytes) -> None:
+    response = client.post("/heatmaps/cnn?format=gif", content=shapes_png)
+    assert response.status_code == 422 and "png" in response.json()["message"]
