@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         settings.archives()
     except ConfigError as exc:
         raise SystemExit(f"glimpse: {exc}") from None
-    asyncio.run(serve(settings))
+    try:  # libuv's event loop: cheaper per request than asyncio's own
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

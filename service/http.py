@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,14 +18,14 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.config import Settings
 from service.encode import MEDIA_TYPES
 from service.errors import BadInput, GlimpseError, PayloadTooLarge
 from service.management import add_management_routes
-from service.metrics import CONTENT_TYPE, OTHER_ROUTE
+from service.metrics import CONTENT_TYPE, OTHER_ROUTE, Metrics
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.results import Explanation, ImageResult, MapResult, RowResult, TargetMaps
 
@@ -48,20 +48,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
     )
     runtime, metrics = pipeline.runtime, pipeline.metrics
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
-        route, model = _route_template(app, request)
-        metrics.inflight.labels("http").inc()
-        started = time.perf_counter()
-        code = "500"
-        try:
-            response = await call_next(request)
-            code = str(response.status_code)
-            return response
-        finally:
-            metrics.inflight.labels("http").dec()
-            if route not in ("/metrics", "/ping"):
-                metrics.observe_request(model, route, "http", code, time.perf_counter() - started)
+    app.add_middleware(ObserveRequests, metrics=metrics)
 
     @app.exception_handler(GlimpseError)
     async def glimpse_error(_request: Request, exc: GlimpseError) -> JSONResponse:
@@ -245,11 +232,35 @@ def _summary(description: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _route_template(app: FastAPI, request: Request) -> tuple[str, str]:
-    """The matched route's path template (a closed set, never the raw path) and its model."""
-    for route in app.router.routes:
-        match, child = route.matches(request.scope)
-        if match == Match.FULL:
-            model = child.get("path_params", {}).get("name", "")
-            return str(getattr(route, "path", OTHER_ROUTE)), model
-    return OTHER_ROUTE, ""
+class ObserveRequests:
+    """ASGI middleware: count each request in flight, then record its duration and status
+    under the matched route's path template (a closed set, never the raw path), which the
+    router leaves in the scope. Plain ASGI: BaseHTTPMiddleware costs a task per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = ["500"]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = str(message["status"])
+            await send(message)
+
+        inflight = self.metrics.inflight.labels("http")
+        inflight.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            inflight.dec()
+            route = str(getattr(scope.get("route"), "path", OTHER_ROUTE))
+            if route not in ("/metrics", "/ping"):
+                model = scope.get("path_params", {}).get("name", "")
+                seconds = time.perf_counter() - started
+                self.metrics.observe_request(model, route, "http", status[0], seconds)

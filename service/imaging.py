@@ -15,6 +15,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import BadInput, PayloadTooLarge
 
+try:
+    import pyspng
+except ImportError:  # pragma: no cover - an optional speed-up; Pillow decodes every PNG
+    pyspng = None
+
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
@@ -32,8 +37,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                     f"the image is {width}x{height} = {width * height} pixels, over the limit "
                     f"of {max_pixels}; send a smaller image"
                 )
-            image.load()
-            upright = ImageOps.exif_transpose(image) or image
+            decoded = _fast_png(data, image) or image
+            decoded.load()
+            upright = ImageOps.exif_transpose(decoded) or decoded
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"the image has too many pixels ({exc})") from None
     except UnidentifiedImageError as exc:
@@ -41,6 +47,23 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"the image is truncated or corrupt ({exc})") from None
     return to_rgb(upright)
+
+
+def _fast_png(data: bytes, image: Image.Image) -> Image.Image | None:
+    """Plain 8-bit PNGs decoded by libspng (pyspng), about twice as fast as Pillow's decoder
+    and to the same pixels; None for anything else (Pillow decodes it)."""
+    plain = image.format == "PNG" and image.mode in ("RGB", "RGBA", "L")
+    if pyspng is None or not plain or {"transparency", "exif"} & set(image.info):
+        return None
+    try:
+        pixels = pyspng.load(data)
+    except RuntimeError:  # truncated or corrupt: Pillow's decoder says what is wrong
+        return None
+    if pixels.dtype != np.uint8:  # 16-bit samples: Pillow's own reduction to 8 bits
+        return None
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    return Image.fromarray(pixels)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
