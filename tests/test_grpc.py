@@ -6,12 +6,9 @@ a pipeline, so every answer can be checked against the HTTP route's.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import dataclasses
 import io
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,13 +27,13 @@ from PIL import Image
 from service import client as glimpse_client
 from service.config import Settings
 from service.explain import methods_for
-from service.grpc_server import start_grpc
 from service.http import create_app
 from service.pipeline import Pipeline
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from service.runtime import Runtime
-from tests.helpers import ROW, free_port
+from tests.helpers import ROW
+from tests.servers.grpc_inprocess import grpc_server
 
 FAST = {"steps": "8", "samples": "4", "internal_batch_size": "64"}  # keeps costly methods quick
 
@@ -57,37 +54,10 @@ def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
         yield client
 
 
-class ServerThread(threading.Thread):
-    """Runs `start_grpc` on its own event loop until `stop()`."""
-
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
-        super().__init__(daemon=True)
-        self.settings, self.pipeline = settings, pipeline
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self.loop, self.stopping = asyncio.get_running_loop(), asyncio.Event()
-        server = await start_grpc(self.settings, self.pipeline)
-        self.ready.set()
-        await self.stopping.wait()
-        await server.stop(grace=1)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.stopping.set)
-        self.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def address(settings: Settings, pipeline: Pipeline) -> Iterator[str]:
-    grpc_settings = dataclasses.replace(settings, grpc_port=free_port())
-    server = ServerThread(grpc_settings, pipeline)
-    server.start()
-    assert server.ready.wait(timeout=30), "the gRPC server did not start"
-    yield f"127.0.0.1:{grpc_settings.grpc_port}"
-    server.stop()
+    with grpc_server(settings, pipeline) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -380,14 +350,22 @@ def test_expired_deadlines_stop_their_queued_work(
         methods=["integrated_gradients"],
         params={"steps": "600"},
     )
-    ran_before = _attributions_run(pipeline)
+    ran_before, batched_before = _attributions_run(pipeline), _inputs_batched(pipeline)
     calls = [stub.Explain.future(slow, timeout=0.2) for _ in range(5)]
     for call in calls:
         assert call.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
     stub.Predict(pb.PredictRequest(model="cnn", inputs=[image_input(shapes_png)]), timeout=60)
-    # The prediction queued behind them all; only the job already running when the deadlines
-    # passed was computed, the four still queued were dropped.
-    assert _attributions_run(pipeline) - ran_before <= 1
+    # The prediction queued behind them all. Only the jobs of the batch already running when
+    # the deadlines passed were computed (one forward pass, one IG call); those still queued
+    # were dropped.
+    ran = _attributions_run(pipeline) - ran_before
+    started = _inputs_batched(pipeline) - batched_before - 1  # less the prediction
+    assert 1 <= ran == started < 5
+
+
+def _inputs_batched(pipeline: Pipeline) -> float:
+    total = pipeline.metrics.registry.get_sample_value("glimpse_batch_size_sum", {"model": "cnn"})
+    return total or 0.0
 
 
 def _attributions_run(pipeline: Pipeline) -> float:

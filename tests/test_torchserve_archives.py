@@ -9,11 +9,8 @@ the real server skipping archives it cannot serve with one log line each.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import io
 import random
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +26,15 @@ from sklearn.datasets import load_sample_image
 
 from service.config import Settings
 from service.explain import methods_for
-from service.grpc_server import start_grpc
 from service.hooks import hook_count
 from service.http import create_app
 from service.pipeline import Pipeline
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from service.runtime import Runtime
-from tests.helpers import free_port, png
+from tests.helpers import png
 from tests.servers.glimpse import glimpse
+from tests.servers.grpc_inprocess import grpc_server
 from tests.torchserve_archives import (
     CLASSES,
     MODEL_FILE,
@@ -131,37 +128,10 @@ def client(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
         yield client
 
 
-class _GrpcThread(threading.Thread):
-    """`start_grpc` on its own event loop until `stop()` (as in tests/test_grpc.py)."""
-
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
-        super().__init__(daemon=True)
-        self.settings, self.pipeline = settings, pipeline
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self.loop, self.stopping = asyncio.get_running_loop(), asyncio.Event()
-        server = await start_grpc(self.settings, self.pipeline)
-        self.ready.set()
-        await self.stopping.wait()
-        await server.stop(grace=1)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.stopping.set)
-        self.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def stub(settings: Settings, pipeline: Pipeline) -> Iterator[pb_grpc.GlimpseStub]:
-    server = _GrpcThread(dataclasses.replace(settings, grpc_port=free_port()), pipeline)
-    server.start()
-    assert server.ready.wait(timeout=30), "the gRPC server did not start"
-    with grpc.insecure_channel(f"127.0.0.1:{server.settings.grpc_port}") as channel:
+    with grpc_server(settings, pipeline) as address, grpc.insecure_channel(address) as channel:
         yield pb_grpc.GlimpseStub(channel)
-    server.stop()
 
 
 # -- 1. a TorchServe-standard archive, as it is ---------------------------------------------------
