@@ -21,6 +21,11 @@ USER glimpse
 ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 RUN make .venv/.installed-run models TORCH_PIP_ARGS="$TORCH_PIP_ARGS"
 
+# Every interface, so glimpse requires a token (README "Authentication"): unless the container gets
+# GLIMPSE_AUTH_TOKEN (or GLIMPSE_AUTH_TOKEN_FILE naming a mounted secret), it makes a new one at each
+# start in /home/glimpse/.glimpse/token (mode 0600) and logs that path, never the token:
+#   docker exec <container> cat /home/glimpse/.glimpse/token
+# /ping, which the HEALTHCHECK below calls, stays open; GLIMPSE_METRICS_PUBLIC=true opens /metrics.
 ENV GLIMPSE_HOST=0.0.0.0
 EXPOSE 8000 50051
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \

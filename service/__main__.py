@@ -10,9 +10,11 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
+from service.auth import prepare as prepare_auth
 from service.config import ConfigError, Settings, parse_names
 from service.http import create_app
 from service.pipeline import Pipeline
@@ -45,6 +47,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         action="store_true",
         help="allow POST /models?url=<.mar in the store> and DELETE /models/{name}",
     )
+    add_auth_arguments(parser)
     args = parser.parse_args(argv)
     models = parse_names("--models", args.models) if args.models else None
     try:
@@ -62,10 +65,38 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             torch_threads=args.torch_threads,
             access_log=True if args.access_log else None,
             max_batch_delay=args.max_batch_delay,
+            **auth_overrides(args),
         )
     except ConfigError as exc:
         parser.error(str(exc))
         raise
+
+
+def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of service.auth. The token itself has no flag: command lines are visible to other
+    users (ps); it comes from GLIMPSE_AUTH_TOKEN or a file."""
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the token clients must send (created with a new token if missing)",
+    )
+    parser.add_argument(
+        "--metrics-public", action="store_true", help="serve /metrics without the token"
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no token, even on a non-loopback --host (otherwise one is generated)",
+    )
+
+
+def auth_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "auth_token_file": args.auth_token_file,
+        "metrics_public": True if args.metrics_public else None,
+        "no_auth": True if args.no_auth else None,
+    }
 
 
 async def serve(settings: Settings) -> None:
@@ -114,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     try:
         settings.archives()
+        settings = prepare_auth(settings)
     except ConfigError as exc:
         raise SystemExit(f"glimpse: {exc}") from None
     try:  # libuv's event loop: cheaper per request than asyncio's own

@@ -2,7 +2,8 @@
 
 INPUT is an image file, or a .json file holding one row, a list of rows or {"rows": [...]}.
 The answer is printed as JSON (the proto's JSON mapping; overlay PNGs are left out of the
-print). `explain --out heat.png` writes the first map's overlay.
+print). `explain --out heat.png` writes the first map's overlay. Against a server with a token,
+set GLIMPSE_AUTH_TOKEN or pass --token-file (or --token).
 
 Example: ``python -m service.client explain cat.png --model cnn --methods gradcam --out heat.png``
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="explain: write the first map's overlay PNG")
     parser.add_argument("--address", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("GLIMPSE_AUTH_TOKEN", ""),
+        help="the server's auth token (default: $GLIMPSE_AUTH_TOKEN); see also --token-file",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get("GLIMPSE_AUTH_TOKEN_FILE") or None,
+        help="read the token from this file (default: $GLIMPSE_AUTH_TOKEN_FILE)",
+    )
     return parser.parse_args(argv)
+
+
+def auth_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``authorization: Bearer <token>`` when a token is given (--token-file wins), else none."""
+    token = args.token_file.expanduser().read_text().strip() if args.token_file else args.token
+    return [("authorization", f"Bearer {token}")] if token else []
 
 
 def read_inputs(path: Path) -> list[pb.Input]:
@@ -74,6 +93,7 @@ def encode_value(value: Any) -> pb.Value:
 def call(args: argparse.Namespace) -> Message:
     """Send the request the arguments describe; return the reply."""
     inputs = read_inputs(args.input)
+    metadata = auth_metadata(args)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -82,7 +102,7 @@ def call(args: argparse.Namespace) -> Message:
         stub = pb_grpc.GlimpseStub(channel)
         if args.command == "predict":
             request = pb.PredictRequest(model=args.model, inputs=inputs)
-            reply: Message = stub.Predict(request, timeout=args.timeout)
+            reply: Message = stub.Predict(request, timeout=args.timeout, metadata=metadata)
             return reply
         params = dict(param.split("=", 1) for param in args.param if "=" in param)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -94,7 +114,7 @@ def call(args: argparse.Namespace) -> Message:
             params=params,
             include_overlay=args.out is not None,
         )
-        reply = stub.Explain(explain, timeout=args.timeout)
+        reply = stub.Explain(explain, timeout=args.timeout, metadata=metadata)
         return reply
 
 

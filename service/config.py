@@ -37,6 +37,12 @@ class Settings:
     access_log: bool = False  # uvicorn's line per request (costs time on every request)
     grpc: bool = True
     enable_management: bool = False  # POST /models?url=, DELETE /models/{name}
+    # Token auth (service.auth): the token itself (repr=False: never printed) or a file holding
+    # it; metrics_public: /metrics without the token; no_auth: none even on a non-loopback host.
+    auth_token: str = dataclasses.field(default="", repr=False)
+    auth_token_file: Path | None = None
+    metrics_public: bool = False
+    no_auth: bool = False
 
     def __post_init__(self) -> None:
         for port_name in ("http_port", "grpc_port"):
@@ -151,6 +157,7 @@ PARSERS: dict[object, Parser] = {
     float: parse_float,
     bool: parse_bool,
     Path: parse_path,
+    Path | None: parse_path,
     str: parse_str,
     tuple[str, ...]: parse_names,
 }

@@ -52,3 +52,13 @@ class Overloaded(GlimpseError):
 
 class DeadlineExceeded(GlimpseError):
     status, grpc_status, code = 504, "DEADLINE_EXCEEDED", "deadline_exceeded"
+
+
+class Unauthorized(GlimpseError):
+    status, grpc_status, code = 401, "UNAUTHENTICATED", "unauthorized"
+
+
+class MisdirectedRequest(GlimpseError):
+    """A Host header this server does not answer to (DNS-rebinding protection; HTTP only)."""
+
+    status, grpc_status, code = 421, "PERMISSION_DENIED", "misdirected_request"

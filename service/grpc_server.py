@@ -22,6 +22,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.auth import grpc_interceptors
 from service.config import Settings
 from service.errors import BadInput, GlimpseError
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
@@ -42,7 +43,8 @@ async def start_grpc(settings: Settings, pipeline: Pipeline) -> grpc.aio.Server:
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-        ]
+        ],
+        interceptors=grpc_interceptors(settings, pipeline.metrics),
     )
     pb_grpc.add_GlimpseServicer_to_server(GlimpseServicer(pipeline), server)
     health_pb2_grpc.add_HealthServicer_to_server(await serving_health(pipeline), server)

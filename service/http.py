@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
+from service.auth import AuthMiddleware, Guard
 from service.config import Settings
 from service.encode import MEDIA_TYPES
 from service.errors import BadInput, GlimpseError, PayloadTooLarge
@@ -48,6 +49,8 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
     )
     runtime, metrics = pipeline.runtime, pipeline.metrics
 
+    # Added first, so it runs inside ObserveRequests: refusals are counted, before any body is read.
+    app.add_middleware(AuthMiddleware, guard=Guard.from_settings(settings))
     app.add_middleware(ObserveRequests, metrics=metrics)
 
     @app.exception_handler(GlimpseError)

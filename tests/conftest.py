@@ -13,7 +13,7 @@ from service.config import Settings
 from service.http import create_app
 from service.pipeline import Pipeline
 from service.runtime import Runtime
-from tests.helpers import png
+from tests.helpers import LOCAL, png
 from training.image import ImageConfig, train_cnn
 from training.shapes import make_shapes
 
@@ -45,7 +45,7 @@ def settings(model_store: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def client(settings: Settings, runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, Pipeline(runtime))) as client:
+    with TestClient(create_app(settings, Pipeline(runtime)), base_url=LOCAL) as client:
         yield client
 
 

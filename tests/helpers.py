@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# Base URL for in-process clients (TestClient, httpx.ASGITransport): a loopback Host, which a
+# server bound to loopback requires (service.auth); the clients' own default `testserver` is not.
+LOCAL = "http://localhost"
+
 # One store-sales row as a client sends it: raw columns, as in the training data.
 ROW: dict[str, Any] = {
     "Store": 1,

@@ -52,6 +52,10 @@ def test_every_field_is_read_from_its_variable() -> None:
         "GLIMPSE_MAX_BATCH_DELAY": "5",
         "GLIMPSE_TORCH_THREADS": "1",
         "GLIMPSE_ACCESS_LOG": "on",
+        "GLIMPSE_AUTH_TOKEN": " s3cret ",
+        "GLIMPSE_AUTH_TOKEN_FILE": "/run/secrets/glimpse",
+        "GLIMPSE_METRICS_PUBLIC": "true",
+        "GLIMPSE_NO_AUTH": "no",
     }
     assert {env_variable(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -70,6 +74,10 @@ def test_every_field_is_read_from_its_variable() -> None:
         max_batch_delay=5,
         torch_threads=1,
         access_log=True,
+        auth_token="s3cret",
+        auth_token_file=Path("/run/secrets/glimpse"),
+        metrics_public=True,
+        no_auth=False,
     )
     assert isinstance(settings.model_store, Path) and isinstance(settings.grpc, bool)
 
@@ -86,6 +94,14 @@ def test_flags_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = parse_settings(["--http-port", "7001", "--models", "cnn, tabular", "--no-grpc"])
     assert (settings.http_port, settings.grpc_port) == (7001, 7000)
     assert settings.models == ("cnn", "tabular") and settings.grpc is False
+
+
+def test_auth_flags_and_the_token_stays_out_of_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLIMPSE_AUTH_TOKEN", "s3cret")
+    settings = parse_settings(["--auth-token-file", "tok", "--metrics-public", "--no-auth"])
+    assert settings.auth_token_file == Path("tok") and settings.auth_token == "s3cret"
+    assert settings.metrics_public is True and settings.no_auth is True
+    assert "s3cret" not in repr(settings)
 
 
 def test_flag_errors_name_the_variable(

@@ -32,7 +32,7 @@ from service.pipeline import Pipeline
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from service.runtime import Runtime
-from tests.helpers import ROW
+from tests.helpers import LOCAL, ROW
 from tests.servers.grpc_inprocess import grpc_server
 
 FAST = {"steps": "8", "samples": "4", "internal_batch_size": "64"}  # keeps costly methods quick
@@ -50,7 +50,7 @@ def pipeline(cnn_archive: Path, tabular_archive: Path, settings: Settings) -> It
 
 @pytest.fixture(scope="module")
 def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, pipeline)) as client:
+    with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
         yield client
 
 

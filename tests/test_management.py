@@ -17,6 +17,7 @@ from service.http import create_app
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.runtime import Runtime
+from tests.helpers import LOCAL
 
 
 @pytest.fixture()
@@ -33,7 +34,7 @@ def store(tmp_path: Path, cnn_archive: Path) -> Path:
 def managed(store: Path) -> Iterator[tuple[TestClient, Runtime]]:
     runtime = Runtime.load([], metrics=Metrics())
     settings = Settings(model_store=store, enable_management=True)
-    with TestClient(create_app(settings, Pipeline(runtime))) as client:
+    with TestClient(create_app(settings, Pipeline(runtime)), base_url=LOCAL) as client:
         yield client, runtime
     runtime.close()
 
@@ -105,7 +106,7 @@ def test_unregister_waits_for_queued_work(store: Path, shapes_png: bytes) -> Non
         app = create_app(Settings(model_store=store, enable_management=True), Pipeline(runtime))
         transport = httpx.ASGITransport(app=app)
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
                 slow = "/explanations/cnn?methods=integrated_gradients&steps=300"
                 work = [
                     asyncio.create_task(client.post(slow, content=shapes_png)) for _ in range(4)

@@ -32,7 +32,7 @@ from service.pipeline import Pipeline
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from service.runtime import Runtime
-from tests.helpers import png
+from tests.helpers import LOCAL, png
 from tests.servers.glimpse import glimpse
 from tests.servers.grpc_inprocess import grpc_server
 from tests.torchserve_archives import (
@@ -124,7 +124,7 @@ def pipeline(tiny_mar: Path, scripted_mar: Path, settings: Settings) -> Iterator
 
 @pytest.fixture(scope="module")
 def client(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, pipeline)) as client:
+    with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
         yield client
 
 
