@@ -52,3 +52,9 @@ class Overloaded(GlimpseError):
 
 class DeadlineExceeded(GlimpseError):
     status, grpc_status, code = 504, "DEADLINE_EXCEEDED", "deadline_exceeded"
+
+
+class OverBudget(GlimpseError):
+    """An explanation that would need more model evaluations than the per-request budget."""
+
+    status, grpc_status, code = 422, "INVALID_ARGUMENT", "over_budget"
