@@ -116,7 +116,7 @@ async def serve(settings: Settings) -> None:
             f"glimpse: none of the archives in {settings.model_store} can be served "
             "(the warnings above say why)"
         )
-    pipeline = Pipeline(runtime)
+    pipeline = Pipeline(runtime, settings.limits())
     app = create_app(settings, pipeline)
     config = uvicorn.Config(
         app,

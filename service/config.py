@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from service.imaging import DEFAULT_MAX_PIXELS
+from service.limits import DEFAULT_LIMITS, Limits
 
 MIB = 1024 * 1024
 
@@ -43,6 +44,13 @@ class Settings:
     auth_token_file: Path | None = None
     metrics_public: bool = False
     no_auth: bool = False
+    # What one request may cost (service/limits.py says what each means).
+    max_inputs: int = DEFAULT_LIMITS.max_inputs
+    max_rows: int = DEFAULT_LIMITS.max_rows
+    explain_budget: int = DEFAULT_LIMITS.explain_budget
+    max_overlay_pixels: int = DEFAULT_LIMITS.max_overlay_pixels
+    request_timeout: float = DEFAULT_LIMITS.request_timeout
+    max_concurrency: int = DEFAULT_LIMITS.max_concurrency
 
     def __post_init__(self) -> None:
         for port_name in ("http_port", "grpc_port"):
@@ -56,6 +64,12 @@ class Settings:
         for name in ("max_body_bytes", "max_image_pixels", "max_queue", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)}")
+        for name in LIMIT_FIELDS:
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"{name} must be a positive number, got {getattr(self, name)}: set "
+                    f"{env_variable(name)} to a value above 0, or unset it for the default"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -68,6 +82,10 @@ class Settings:
                 values[field.name] = _FIELD_PARSERS[field.name](variable, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def limits(self) -> Limits:
+        """What one request may cost, as the pipeline and the doors read it."""
+        return Limits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
     def archives(self) -> list[Path]:
         """The .mar files to serve; ConfigError when there are none (unless models can be
@@ -89,6 +107,9 @@ class Settings:
                 f"no .mar archives in {self.model_store}: run `python -m training all`"
             )
         return paths
+
+
+LIMIT_FIELDS = tuple(field.name for field in dataclasses.fields(Limits))
 
 
 def env_variable(field: str) -> str:

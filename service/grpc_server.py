@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import grpc
@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.auth import grpc_interceptors
 from service.config import Settings
-from service.errors import BadInput, GlimpseError
+from service.errors import BadInput, GlimpseError, Overloaded
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
@@ -90,12 +90,14 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
-        return await self._unary(context, "Predict", request.model, self._predict(request))
+        work = self._predict(request, context.time_remaining())
+        return await self._unary(context, "Predict", request.model, work, gated=True)
 
     async def Explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainResponse:
-        return await self._unary(context, "Explain", request.model, self._explain(request))
+        work = self._explain(request, context.time_remaining())
+        return await self._unary(context, "Explain", request.model, work, gated=True)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -126,7 +128,13 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
             finally:
                 await window.put(None)
 
-        with self._observed("StreamExplain", models) as outcome:
+        with self._observed("StreamExplain", models) as outcome, ExitStack() as held:
+            try:
+                held.enter_context(self.pipeline.gate("gRPC").slot())
+            except Overloaded as exc:  # the door's concurrency limit: refused at once
+                status, message = grpc_status(exc)
+                outcome["code"] = status.name
+                await context.abort(status, message)
             feeder = asyncio.create_task(feed())
             try:
                 while (task := await window.get()) is not None:
@@ -140,18 +148,22 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
             outcome["code"] = "OK"
 
     # -- each RPC's work: decode, pipeline, encode -------------------------------------------
-    async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+    async def _predict(
+        self, request: pb.PredictRequest, timeout: float | None
+    ) -> pb.PredictResponse:
         self.runtime.get(request.model)
         inputs = decode_inputs(request.inputs)
-        results = await self.pipeline.predict(PredictRequest(request.model, inputs))
+        results = await self.pipeline.predict(PredictRequest(request.model, inputs, timeout))
         return pb.PredictResponse(
             model=request.model, predictions=[encode_prediction(r) for r in results]
         )
 
-    async def _explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
+    async def _explain(
+        self, request: pb.ExplainRequest, timeout: float | None
+    ) -> pb.ExplainResponse:
         self.runtime.get(request.model)
         inputs = decode_inputs(request.inputs)
-        results, timings = await self.pipeline.explain(explain_request(inputs, request))
+        results, timings = await self.pipeline.explain(explain_request(inputs, request, timeout))
         explanations = [encode_explanation(r) for r in results]
         return pb.ExplainResponse(
             model=request.model, explanations=explanations, timings_ms=timings
@@ -172,7 +184,8 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
         try:
             self.runtime.get(item.model)
             inputs = decode_inputs([item.input])
-            work = self.pipeline.explain(explain_request(inputs, item))
+            request = explain_request(inputs, item, context.time_remaining())
+            work = self.pipeline.explain(request)
             results, timings = await asyncio.wait_for(work, context.time_remaining())
         except Exception as exc:  # noqa: BLE001 - one input's error is that input's result
             status, message = grpc_status(exc)
@@ -187,16 +200,26 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
 
     # -- what every RPC shares: deadline, error mapping, metrics ------------------------------
     async def _unary(
-        self, context: grpc.aio.ServicerContext, method: str, model: str, work: Awaitable[T]
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        model: str,
+        work: Awaitable[T],
+        gated: bool = False,
     ) -> T:
-        """Await `work` within the client's deadline; failures become the mapped status."""
+        """Await `work` within the client's deadline (and, when `gated`, within the door's
+        concurrency limit); failures become the mapped status."""
         with self._observed(method, [model]) as outcome:
             try:
-                result = await asyncio.wait_for(work, context.time_remaining())
+                with self.pipeline.gate("gRPC").slot() if gated else nullcontext():
+                    result = await asyncio.wait_for(work, context.time_remaining())
             except Exception as exc:  # noqa: BLE001 - mapped to a status; INTERNAL for bugs
                 status, message = grpc_status(exc)
                 outcome["code"] = status.name
                 await context.abort(status, message)
+            finally:
+                if isinstance(work, Coroutine):
+                    work.close()  # refused before it started: never awaited, never warned about
             outcome["code"] = "OK"
             return result
 
@@ -249,7 +272,9 @@ def decode_value(value: pb.Value) -> str | float | None:
 
 
 def explain_request(
-    inputs: list[Payload], request: pb.ExplainRequest | pb.StreamExplainRequest
+    inputs: list[Payload],
+    request: pb.ExplainRequest | pb.StreamExplainRequest,
+    timeout: float | None = None,
 ) -> ExplainRequest:
     return ExplainRequest(
         request.model,
@@ -259,6 +284,7 @@ def explain_request(
         dict(request.params),
         request.include_overlay,
         request.overlay_format.lower() or "png",
+        timeout,
     )
 
 
@@ -326,6 +352,9 @@ def encode_map(result: MapResult) -> pb.Map:
         overlay=result.overlay or b"",
         overlay_format=result.overlay_format if result.overlay else "",
         extras=extras,
+        overlay_size=list(result.overlay_size or ()),
+        overlay_scaled=result.overlay_scaled,
+        overlay_scale=result.overlay_scale if result.overlay else 0.0,
     )
 
 

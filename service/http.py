@@ -24,7 +24,8 @@ from service import __version__
 from service.auth import AuthMiddleware, Guard
 from service.config import Settings
 from service.encode import MEDIA_TYPES
-from service.errors import BadInput, GlimpseError, PayloadTooLarge
+from service.errors import BadInput, GlimpseError, Overloaded, PayloadTooLarge
+from service.limits import Gate
 from service.management import add_management_routes
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE, Metrics
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
@@ -49,7 +50,10 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
     )
     runtime, metrics = pipeline.runtime, pipeline.metrics
 
-    # Added first, so it runs inside ObserveRequests: refusals are counted, before any body is read.
+    # Starlette runs the middleware added last outermost: ObserveRequests (below) sees every
+    # answer; the Host and token check runs before any body is read and before a request takes
+    # one of the door's concurrency slots (LimitConcurrency, innermost: 503 when all are taken).
+    app.add_middleware(LimitConcurrency, gate=pipeline.gate("HTTP"))
     app.add_middleware(AuthMiddleware, guard=Guard.from_settings(settings))
     app.add_middleware(ObserveRequests, metrics=metrics)
 
@@ -109,8 +113,12 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         runtime.get(name)
         inputs = await read_inputs(request, settings)
         explain = explain_request(name, inputs, request)
-        picture = await pipeline.heatmap(explain)
-        return Response(picture, media_type=MEDIA_TYPES[explain.overlay_format])
+        result = await pipeline.overlay(explain)
+        return Response(
+            result.overlay,
+            media_type=MEDIA_TYPES[explain.overlay_format],
+            headers=overlay_headers(result),
+        )
 
     if settings.enable_management:
         add_management_routes(app, settings, runtime)
@@ -225,7 +233,22 @@ def map_json(result: MapResult) -> dict[str, Any]:
     }
     if result.overlay is not None:
         body[f"overlay_{result.overlay_format}"] = base64.b64encode(result.overlay).decode()
+        if result.overlay_size is not None:
+            body["overlay_size"] = list(result.overlay_size)
+        body["overlay_scaled"] = result.overlay_scaled
+        body["overlay_scale"] = round(result.overlay_scale, 4)
     return body
+
+
+def overlay_headers(result: MapResult) -> dict[str, str]:
+    """/heatmaps' headers: the overlay's scale when it is smaller than the upload (over
+    GLIMPSE_MAX_OVERLAY_PIXELS), e.g. `X-Glimpse-Overlay-Scaled: 0.5`, and its size."""
+    headers = {}
+    if result.overlay_size is not None:
+        headers["X-Glimpse-Overlay-Size"] = "{}x{}".format(*result.overlay_size)
+    if result.overlay_scaled:
+        headers["X-Glimpse-Overlay-Scaled"] = f"{result.overlay_scale:.4g}"
+    return headers
 
 
 def _summary(description: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +256,30 @@ def _summary(description: dict[str, Any]) -> dict[str, Any]:
     summary = {k: description[k] for k in keys if k in description}
     summary["explanations"] = [m["name"] for m in description["explanations"]]
     return summary
+
+
+class LimitConcurrency:
+    """ASGI middleware: a request that does work (any method but GET, HEAD and OPTIONS)
+    beyond the gate's limit is answered 503 `overloaded` at once, before its body is read,
+    instead of waiting without bound; reads (health, metrics, metadata) always pass."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.gate.enter()
+        except Overloaded as exc:
+            await JSONResponse(exc.as_json(), exc.status)(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gate.leave()
 
 
 class ObserveRequests:

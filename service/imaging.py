@@ -1,8 +1,10 @@
 """Decode client image bytes into an RGB PIL image, safely.
 
-Any image Pillow can open is accepted, whatever its mode (RGBA, palette,
-greyscale, CMYK, 16-bit) and EXIF orientation. The pixel count is checked from
-the header before any pixel is decoded, so a decompression bomb costs nothing.
+PNG, JPEG, GIF, WebP, BMP and TIFF are accepted, whatever their mode (RGBA, palette,
+greyscale, CMYK, 16-bit) and EXIF orientation; Pillow's other plugins (EPS, PSD, ICO,
+...) never see client bytes. The pixel count is checked from the header before any
+pixel is decoded, so a decompression bomb costs nothing, and Pillow's own bomb check
+(`Image.MAX_IMAGE_PIXELS`) is set to glimpse's limit before the first image is opened.
 """
 
 from __future__ import annotations
@@ -21,6 +23,23 @@ except ImportError:  # pragma: no cover - an optional speed-up; Pillow decodes e
     pyspng = None
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# Pillow's format ids, and how a refusal names them.
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+ACCEPTED = "PNG, JPEG, GIF, WebP, BMP or TIFF"
+
+
+PILLOW_DEFAULT_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Set Pillow's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, global to the
+    process) to glimpse's `max_pixels` in place of Pillow's default; if some model in this
+    process was given a larger limit already, keep that one, so that Pillow never refuses
+    what a model accepts. Each image is held to its model's own limit in `decode_image`.
+    Image handlers call this when they are set up, before they open any image."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or current == PILLOW_DEFAULT_PIXELS or current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -30,20 +49,26 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise PayloadTooLarge(
                     f"the image is {width}x{height} = {width * height} pixels, over the limit "
-                    f"of {max_pixels}; send a smaller image"
+                    f"of {max_pixels} (GLIMPSE_MAX_IMAGE_PIXELS); send a smaller image"
                 )
             decoded = _fast_png(data, image) or image
             decoded.load()
             upright = ImageOps.exif_transpose(decoded) or decoded
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"the image has too many pixels ({exc})") from None
-    except UnidentifiedImageError as exc:
-        raise BadInput(f"the body is not an image Pillow can read ({exc})") from None
+        raise PayloadTooLarge(
+            f"the image has too many pixels ({exc}); the limit is {max_pixels} "
+            "(GLIMPSE_MAX_IMAGE_PIXELS): send a smaller image"
+        ) from None
+    except UnidentifiedImageError:
+        raise BadInput(
+            f"the body is not an image in an accepted format ({ACCEPTED}): send one of those "
+            "(other image formats are refused)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInput(f"the image is truncated or corrupt ({exc})") from None
     return to_rgb(upright)

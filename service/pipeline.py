@@ -14,7 +14,8 @@ from typing import Any
 from service.errors import BadInput, SchemaError
 from service.explain import REGISTRY, Explainer, build
 from service.flows import Call, ExplainRequest, Payload, PredictRequest
-from service.results import Explanation, Prediction
+from service.limits import DEFAULT_LIMITS, Gate, Limits
+from service.results import Explanation, MapResult, Prediction
 from service.runtime import Model, Runtime
 from service.timing import Timings
 
@@ -22,40 +23,59 @@ __all__ = ["ExplainRequest", "Payload", "Pipeline", "PredictRequest", "split_par
 
 
 class Pipeline:
-    """Runs requests against the runtime.
+    """Runs requests against the runtime, each within `limits` (inputs per request, the
+    explanation budget, overlay size, time limit; the doors read the concurrency limit).
 
     Example: ``await pipeline.predict(PredictRequest("cnn", [Payload(png_bytes)]))``
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, limits: Limits = DEFAULT_LIMITS) -> None:
         self.runtime = runtime
         self.metrics = runtime.metrics
+        self.limits = limits
+        self._gates: dict[str, Gate] = {}
+
+    def gate(self, door: str) -> Gate:
+        """The concurrency gate of `door` ("HTTP", "gRPC"): one per door, however many apps
+        or servers are made for it."""
+        if door not in self._gates:
+            self._gates[door] = Gate(self.limits.max_concurrency, door)
+        return self._gates[door]
 
     async def predict(self, request: PredictRequest) -> Sequence[Prediction]:
         """What the handler answers inside TorchServe, one answer per payload."""
         with self.runtime.get(request.model).in_use() as model:
-            _require_inputs(request.inputs)
-            return await model.flow.predict(self._call(model), request.inputs)
+            self._check_inputs(request.inputs)
+            call = self._call(model, request.timeout)
+            return await call.within(model.flow.predict(call, request.inputs))
 
     async def explain(
         self, request: ExplainRequest
     ) -> tuple[Sequence[Explanation], dict[str, float]]:
         """One result per input (image or row), and the stage timings in ms."""
         with self.runtime.get(request.model).in_use() as model:
-            _require_inputs(request.inputs)
+            self._check_inputs(request.inputs)
             explainers = self.explainers(model, request)  # validated before anything is queued
-            call = self._call(model)
-            results = await model.flow.explain(call, request, explainers)
+            call = self._call(model, request.timeout)
+            results = await call.within(model.flow.explain(call, request, explainers))
             return results, call.timings.ms
 
     async def heatmap(self, request: ExplainRequest) -> bytes:
         """The first requested method's overlay for the first input, as encoded bytes."""
+        overlay = (await self.overlay(request)).overlay
+        assert overlay is not None, "heatmaps are explained with overlay=True"
+        return overlay
+
+    async def overlay(self, request: ExplainRequest) -> MapResult:
+        """The first requested method's map for the first input, with its overlay (scaled
+        down to fit the overlay pixel limit when the image is larger)."""
         with self.runtime.get(request.model).in_use() as model:
-            _require_inputs(request.inputs)
+            self._check_inputs(request.inputs)
             first = replace(request, inputs=request.inputs[:1], methods=request.methods[:1])
             first = replace(first, overlay=True)
             explainers = self.explainers(model, first)
-            return await model.flow.heatmap(self._call(model), first, explainers)
+            call = self._call(model, request.timeout)
+            return await call.within(model.flow.heatmap(call, first, explainers))
 
     def explainers(self, model: Model, request: ExplainRequest) -> dict[str, Explainer]:
         """Validated method instances, with "param" / "method.param" values routed to them."""
@@ -65,8 +85,16 @@ class Pipeline:
         per_method = split_params(names, request.params)
         return {name: build(model.handler.kind, name, per_method[name]) for name in names}
 
-    def _call(self, model: Model) -> Call:
-        return Call(model.name, model.worker, self.metrics, Timings(model.name, self.metrics))
+    def _call(self, model: Model, timeout: float | None = None) -> Call:
+        """A request's passage, with the pipeline's limits and a deadline from now: the time
+        limit, or the client's `timeout` when that is shorter."""
+        timings = Timings(model.name, self.metrics)
+        deadline = self.limits.deadline(timeout)
+        return Call(model.name, model.worker, self.metrics, timings, self.limits, deadline)
+
+    def _check_inputs(self, inputs: list[Payload]) -> None:
+        _require_inputs(inputs)
+        self.limits.check_inputs(len(inputs))
 
 
 def split_params(methods: list[str], raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

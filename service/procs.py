@@ -286,13 +286,22 @@ def _read_value(column: Column, value: Any, row: int) -> Any:
     if column.type == "continuous":
         if value is None or value == "":
             return math.nan
-        if isinstance(value, bool | int | float | np.number):
-            return float(value)
         try:
-            return float(value)  # numeric strings, as a CSV holds them
-        except (TypeError, ValueError):
+            number = float(value)  # numbers, and numeric strings as a CSV holds them
+        except (TypeError, ValueError, OverflowError):
             raise SchemaError(f"{where} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise SchemaError(
+                f"{where} must be a finite number, got {value!r}: send null (or leave the "
+                "column out) for a missing value"
+            )
+        return number
     if column.type == "categorical":
+        if isinstance(value, float | np.floating) and not math.isfinite(value):
+            raise SchemaError(
+                f"{where} must be a string or a finite number, got {value!r}: send null for a "
+                "missing value"
+            )
         try:
             return category_key(value)
         except TypeError:

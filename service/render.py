@@ -7,6 +7,7 @@ diverging blue-white-red map centred on zero.
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import numpy as np
@@ -82,3 +83,18 @@ def overlay(
     out = Image.eval(base, lambda v: v // 2)
     out.paste(Image.blend(base.crop(region), colours.crop(window), alpha), region[:2])
     return out
+
+
+def fit(image: Image.Image, max_pixels: int) -> tuple[Image.Image, float]:
+    """`image` when it has at most `max_pixels` pixels, else a copy scaled down to fit, its
+    aspect kept as far as whole pixels allow (a side is at least one pixel); and the scale,
+    the smaller of new / old width and height (1.0 when unscaled)."""
+    width, height = image.size
+    if width * height <= max_pixels:
+        return image, 1.0
+    factor = math.sqrt(max_pixels / (width * height))
+    # Each side rounds down, but to one pixel at least; the other side then has room for it.
+    new_width = min(max(1, math.floor(width * factor)), max_pixels)
+    new_height = min(max(1, math.floor(height * factor)), max_pixels)
+    scaled = image.resize((new_width, new_height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return scaled, min(new_width / width, new_height / height)

@@ -17,7 +17,9 @@ class MapResult:
 
     `values` is in [0, 1] (unsigned) or [-1, 1] (signed); `extras` are the method's
     per-input figures (e.g. IG's convergence_delta), kept apart from the map itself;
-    `overlay` is the encoded picture (`overlay_format`) when one was asked for.
+    `overlay` is the encoded picture (`overlay_format`) when one was asked for, of
+    `overlay_size` (width, height): the image's own, or scaled by `overlay_scale` (< 1) to fit
+    the overlay pixel limit (GLIMPSE_MAX_OVERLAY_PIXELS).
     """
 
     method: str
@@ -27,6 +29,13 @@ class MapResult:
     extras: dict[str, float] = field(default_factory=dict)
     overlay: bytes | None = None
     overlay_format: str = "png"
+    overlay_size: tuple[int, int] | None = None
+    overlay_scale: float = 1.0
+
+    @property
+    def overlay_scaled(self) -> bool:
+        """Whether the overlay is smaller than the uploaded image."""
+        return self.overlay_scale < 1.0
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,12 @@ def test_every_field_is_read_from_its_variable() -> None:
         "GLIMPSE_AUTH_TOKEN_FILE": "/run/secrets/glimpse",
         "GLIMPSE_METRICS_PUBLIC": "true",
         "GLIMPSE_NO_AUTH": "no",
+        "GLIMPSE_MAX_INPUTS": "8",
+        "GLIMPSE_MAX_ROWS": "100",
+        "GLIMPSE_EXPLAIN_BUDGET": "5000",
+        "GLIMPSE_MAX_OVERLAY_PIXELS": "1000000",
+        "GLIMPSE_REQUEST_TIMEOUT": "2.5",
+        "GLIMPSE_MAX_CONCURRENCY": "4",
     }
     assert {env_variable(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -78,6 +84,12 @@ def test_every_field_is_read_from_its_variable() -> None:
         auth_token_file=Path("/run/secrets/glimpse"),
         metrics_public=True,
         no_auth=False,
+        max_inputs=8,
+        max_rows=100,
+        explain_budget=5000,
+        max_overlay_pixels=1_000_000,
+        request_timeout=2.5,
+        max_concurrency=4,
     )
     assert isinstance(settings.model_store, Path) and isinstance(settings.grpc, bool)
 

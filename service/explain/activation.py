@@ -7,7 +7,7 @@ the class.
 
 from __future__ import annotations
 
-from service.explain.base import LAYER, Attribution, Explainer, ImageBatch, register
+from service.explain.base import LAYER, Attribution, Explainer, ImageBatch, ModelInput, register
 
 
 @register
@@ -19,6 +19,9 @@ class Activation(Explainer):
     stage = "heatmap"
     summary = "Channel-averaged activations of the last conv block (no extra pass)."
     params = {"layer": LAYER}
+
+    def cost(self, model_input: ModelInput) -> int:
+        return 0  # read from the prediction's own forward pass
 
     def attribute(self, batch: ImageBatch) -> Attribution:
         assert batch.activations is not None, "the forward pass captured no activations"

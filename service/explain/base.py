@@ -9,6 +9,7 @@ once, in its class; HTTP, gRPC and the model metadata read the registry.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,11 @@ class Param:
             raise SchemaError(
                 f"{method}.{name} must be a {self.type.__name__}, got {raw!r}"
             ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SchemaError(
+                f"{method}.{name} must be a finite number between {self.low} and {self.high}, "
+                f"got {raw!r}"
+            )
         if (self.low is not None and value < self.low) or (
             self.high is not None and value > self.high
         ):
@@ -76,6 +82,30 @@ LAYER = Param(
 )
 
 
+@dataclass(frozen=True)
+class ModelInput:
+    """What a method's cost depends on besides its options: the model input's (height,
+    width) for images, and for tabular rows how many reference rows each row's attribution
+    starts from (every path point is evaluated once per reference)."""
+
+    size: tuple[int, int] = (1, 1)
+    references: int = 1
+
+
+# Input elements one forward (+backward) pass inside a method may take: IG's path points,
+# SmoothGrad's and GradientShap's noisy copies and Occlusion's perturbed copies are split
+# into passes of at most this many (at least one input per pass). About 190 MiB of autograd
+# state for the shapes cnn at 48x48 (~2.5 MiB per 100 path points of one image).
+PASS_ELEMENTS = 1 << 19
+
+
+def per_pass(elements: int, wanted: int | None = None) -> int:
+    """How many items of `elements` input elements each fit in one pass: `wanted` when
+    given, but never more than PASS_ELEMENTS allows; at least 1."""
+    fits = max(1, PASS_ELEMENTS // max(1, elements))
+    return fits if wanted is None else max(1, min(wanted, fits))
+
+
 @dataclass
 class ImageBatch:
     """What an image method sees: inputs [N, 3, H, W], targets [N], the activations
@@ -89,6 +119,31 @@ class ImageBatch:
     targets: torch.Tensor
     activations: torch.Tensor | None = None
     tail: Callable[[torch.Tensor], torch.Tensor] | None = None  # layer output -> logits
+
+    def part(self, start: int, stop: int) -> ImageBatch:
+        """Inputs [start, stop) of the batch, with their targets and activations."""
+        activations = self.activations[start:stop] if self.activations is not None else None
+        return ImageBatch(
+            self.model,
+            self.layer,
+            self.inputs[start:stop],
+            self.targets[start:stop],
+            activations,
+            self.tail,
+        )
+
+    def in_parts(self, attribute: Callable[[ImageBatch], Attribution]) -> Attribution:
+        """`attribute` over runs of inputs that fit one pass each (PASS_ELEMENTS), joined;
+        one call when they all fit."""
+        size = per_pass(self.inputs[0].numel())
+        if len(self.inputs) <= size:
+            return attribute(self)
+        parts = [
+            attribute(self.part(start, start + size)) for start in range(0, len(self.inputs), size)
+        ]
+        return Attribution(
+            np.concatenate([p.maps for p in parts]), tuple(e for p in parts for e in p.extras)
+        )
 
 
 @dataclass
@@ -173,6 +228,12 @@ class Explainer:
     def same_call(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
         """Instances with equal keys give the same answers: their inputs can share a call."""
         return self.name, tuple(sorted(self.options.items()))
+
+    def cost(self, model_input: ModelInput) -> int:
+        """Model evaluations (forward, or forward and backward) this method needs for one
+        input and one target with its options, beyond the prediction's own forward pass;
+        SchemaError when its options cannot apply to `model_input`. Default: one."""
+        return 1
 
     def attribute(self, batch: ImageBatch) -> Attribution:
         """[N, h, w] maps for each input's target, with any per-input extras."""

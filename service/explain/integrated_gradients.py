@@ -14,8 +14,6 @@ Captum's convergence delta.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
 
@@ -23,10 +21,12 @@ from service.explain.base import (
     Attribution,
     Explainer,
     ImageBatch,
+    ModelInput,
     Param,
     TabularAttribution,
     TabularBatch,
     blur,
+    per_pass,
     register,
 )
 
@@ -47,19 +47,37 @@ class IntegratedGradients(Explainer):
             choices=("blur", "zeros"),
             help="images: start from a blurred copy or from the mean colour",
         ),
-        "internal_batch_size": Param(int, None, 1, 100_000, "path points per forward pass"),
+        "internal_batch_size": Param(
+            int,
+            None,
+            1,
+            100_000,
+            "path points per forward pass (default: as many as one bounded pass holds, which "
+            "also caps a larger value)",
+        ),
     }
+
+    def cost(self, model_input: ModelInput) -> int:
+        """One evaluation per path point, from each reference row (tabular)."""
+        return int(self.options["steps"]) * model_input.references
 
     def attribute(self, batch: ImageBatch) -> Attribution:
         """[N, H, W]: attributions to each pixel for the target class, summed over channels."""
+        return batch.in_parts(self._attribute)
+
+    def _attribute(self, batch: ImageBatch) -> Attribution:
         inputs = batch.inputs.detach()
         baselines = blur(inputs) if self.options["baseline"] == "blur" else torch.zeros_like(inputs)
+        # Path points per pass: bounded by elements, and never fewer than the inputs (Captum
+        # takes at least one step for every input in each pass).
+        points = per_pass(inputs[0].numel(), self.options["internal_batch_size"])
         attributions, delta = CaptumIG(batch.model).attribute(
             inputs,
             baselines=baselines,
             target=batch.targets,
             return_convergence_delta=True,
-            **self._captum_options(),
+            n_steps=self.options["steps"],
+            internal_batch_size=max(len(inputs), points),
         )
         return Attribution.of(attributions.sum(dim=1), _deltas(delta))
 
@@ -67,7 +85,9 @@ class IntegratedGradients(Explainer):
         """Attributions to the embedding outputs [N, E] and the continuous inputs [N, C],
         averaged over the K reference rows (IG from each, as in Expected Gradients)."""
         k = batch.baseline_embedded.shape[0]
-        budget = max(self.options["internal_batch_size"] or TABULAR_CHUNK, k)
+        width = batch.embedded.shape[1] + batch.continuous.shape[1]  # elements per path point
+        wanted = self.options["internal_batch_size"] or TABULAR_CHUNK
+        budget = max(per_pass(width, wanted), k)
         rows = budget // k  # input rows per Captum call: rows * K paths, one path point each
         parts = [
             self._paths(batch, start, rows, budget)
@@ -100,12 +120,6 @@ class IntegratedGradients(Explainer):
             attr_c.view(n, k, -1).mean(dim=1),
             delta.detach().view(n, k).mean(dim=1),
         )
-
-    def _captum_options(self) -> dict[str, Any]:
-        return {
-            "n_steps": self.options["steps"],
-            "internal_batch_size": self.options["internal_batch_size"],
-        }
 
 
 def _deltas(delta: torch.Tensor) -> tuple[dict[str, float], ...]:

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from captum.attr import NoiseTunnel, Saliency
 
-from service.explain.base import Attribution, Explainer, ImageBatch, Param, register, seeded
+from service.explain.base import (
+    Attribution,
+    Explainer,
+    ImageBatch,
+    ModelInput,
+    Param,
+    per_pass,
+    register,
+    seeded,
+)
 
 
 @register
@@ -23,15 +32,23 @@ class SmoothGrad(Explainer):
         "seed": Param(int, 0, 0, 2**31 - 1, "seed of the noise"),
     }
 
+    def cost(self, model_input: ModelInput) -> int:
+        return int(self.options["samples"])
+
     def attribute(self, batch: ImageBatch) -> Attribution:
-        tunnel = NoiseTunnel(Saliency(batch.model))
         with seeded(self.options["seed"]):
-            grads = tunnel.attribute(
-                batch.inputs.detach().requires_grad_(),
-                nt_type="smoothgrad",
-                target=batch.targets,
-                nt_samples=self.options["samples"],
-                stdevs=self.options["stdev"],
-                nt_samples_batch_size=self.options["samples"],
-            )
+            return batch.in_parts(self._attribute)
+
+    def _attribute(self, batch: ImageBatch) -> Attribution:
+        """The noisy copies of all the batch's inputs, as many per pass as PASS_ELEMENTS allows."""
+        tunnel = NoiseTunnel(Saliency(batch.model))
+        samples = self.options["samples"]
+        grads = tunnel.attribute(
+            batch.inputs.detach().requires_grad_(),
+            nt_type="smoothgrad",
+            target=batch.targets,
+            nt_samples=samples,
+            stdevs=self.options["stdev"],
+            nt_samples_batch_size=per_pass(batch.inputs.numel(), samples),
+        )
         return Attribution.of(grads.amax(dim=1))

@@ -8,22 +8,28 @@ encode); `service.flows.flow_for` picks it once, when the archive is loaded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from service.encode import FORMATS
-from service.errors import SchemaError
+from service.errors import DeadlineExceeded, OverBudget, SchemaError
 from service.explain import Explainer
+from service.explain.base import ModelInput
+from service.limits import DEFAULT_LIMITS, Deadline, Limits
 from service.metrics import Metrics
-from service.results import Explanation, Prediction
+from service.results import Explanation, MapResult, Prediction
 from service.timing import Timings
 
 T = TypeVar("T")
 
 # Decode and encode (Pillow, numpy: they release the GIL) run here, beside the model's worker
-# thread, with a bound so that a burst of uploads cannot crowd the forward passes out.
+# thread, with a bound so that a burst of uploads cannot crowd the forward passes out. Its
+# queue is bounded too, by the doors' concurrency limits (GLIMPSE_MAX_CONCURRENCY, see
+# service/limits.py's Gate): a request in progress has at most one decode or encode here at
+# a time (a gRPC stream at most its window of inputs), and requests beyond the limit are
+# refused at the door before they read their body, so a burst cannot queue unbounded work.
 CODEC_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glimpse-codec")
 
 
@@ -40,6 +46,7 @@ class Payload:
 class PredictRequest:
     model: str
     inputs: list[Payload]
+    timeout: float | None = None  # seconds the client allows (a gRPC deadline); None: no own
 
 
 @dataclass
@@ -51,6 +58,7 @@ class ExplainRequest:
     params: dict[str, Any] = field(default_factory=dict)  # "param" or "method.param" -> value
     overlay: bool = True  # include overlay pictures
     overlay_format: str = "png"  # one of service.encode.FORMATS
+    timeout: float | None = None  # seconds the client allows (a gRPC deadline); None: no own
 
     def __post_init__(self) -> None:
         if self.overlay_format not in FORMATS:
@@ -65,12 +73,55 @@ class Runner(Protocol):
 
 @dataclass
 class Call:
-    """One request's passage through one model: stage timings, queue and batch metrics."""
+    """One request's passage through one model: stage timings, queue and batch metrics, the
+    limits it runs under and its deadline (None: none)."""
 
     model: str
     runner: Runner
     metrics: Metrics
     timings: Timings
+    limits: Limits = DEFAULT_LIMITS
+    deadline: Deadline | None = None
+
+    async def within(self, work: Awaitable[T]) -> T:
+        """Await `work` until the deadline; DeadlineExceeded once it passes (work still queued
+        for the model is then dropped, and the worker skips what is left of a running job)."""
+        if self.deadline is None:
+            return await work
+        try:
+            async with asyncio.timeout(self.deadline.remaining()):
+                return await work
+        except TimeoutError:
+            raise self.deadline.error("before the answer was ready") from None
+
+    def overdue(self, where: str) -> DeadlineExceeded | None:
+        """The refusal to answer with when the deadline has passed at `where`, else None."""
+        if self.deadline is not None and self.deadline.passed():
+            return self.deadline.error(where)
+        return None
+
+    def check_budget(
+        self,
+        explainers: dict[str, Explainer],
+        model_input: ModelInput,
+        inputs: int,
+        targets: int = 1,
+    ) -> int:
+        """The model evaluations `explainers` need for `inputs` inputs (images or rows) and
+        `targets` targets each; OverBudget when that is more than the request's budget.
+        Checked before anything is queued."""
+        costs = {name: e.cost(model_input) for name, e in explainers.items()}
+        total = inputs * targets * sum(costs.values())
+        budget = self.limits.explain_budget
+        if total > budget:
+            each = " + ".join(f"{name} {cost}" for name, cost in costs.items())
+            raise OverBudget(
+                f"this explanation needs {total} model evaluations ({inputs} input(s) x "
+                f"{targets} target(s) x ({each})), over the budget of {budget} per request "
+                f"(GLIMPSE_EXPLAIN_BUDGET): ask for fewer steps or samples, a larger occlusion "
+                "stride, fewer methods, targets, inputs or rows, or raise the budget"
+            )
+        return total
 
     async def queued(self, job: Job) -> Any:
         """Hand `job` to the model's worker and await its answer."""
@@ -135,6 +186,6 @@ class Flow(Protocol):
 
     async def heatmap(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
-    ) -> bytes:
-        """The first input's overlay for the first method and target, as encoded bytes."""
+    ) -> MapResult:
+        """The first input's map for the first method and target, with its overlay."""
         ...

@@ -6,6 +6,7 @@ Example: ``await ImageFlow("cnn", handler).predict(call, [Payload(png_bytes)])``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from service import render
 from service.encode import encode
 from service.errors import BadInput, SchemaError, UnsupportedMediaType
 from service.explain import Attribution, Explainer
+from service.explain.base import ModelInput
 from service.flows.base import Call, ExplainRequest, Payload, run_batch
 from service.flows.image_batch import ImageAnswer, ImageJob, answer_batch
 from service.handlers.image import ImageHandler
@@ -42,23 +44,24 @@ class ImageFlow:
     ) -> list[ImageResult]:
         wanted = self.target_indices(request.target)
         layers = {n for e in explainers.values() if (n := self.handler.layer_for(e)) is not None}
+        model_input = ModelInput(self.handler.size)
+        call.check_budget(explainers, model_input, len(request.inputs), len(wanted))
         inputs, images = await call.in_thread("decode", lambda: self.decode(request.inputs))
         job = ImageJob(call, inputs, explainers, wanted, frozenset(layers))
         answer: ImageAnswer = await call.queued(job)
+        overlay = request.overlay_format if request.overlay else None
         return await call.in_thread(
             "encode",
             lambda: self.encode(
-                images, answer, explainers, request.overlay_format if request.overlay else None
+                images, answer, explainers, overlay, call.limits.max_overlay_pixels
             ),
         )
 
     async def heatmap(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
-    ) -> bytes:
+    ) -> MapResult:
         results = await self.explain(call, request, explainers)
-        overlay = results[0].targets[0].maps[0].overlay
-        assert overlay is not None, "heatmaps are explained with overlay=True"
-        return overlay
+        return results[0].targets[0].maps[0]
 
     # -- the stages ---------------------------------------------------------------------------
     def decode(self, payloads: list[Payload]) -> tuple[torch.Tensor, list[Image.Image]]:
@@ -106,42 +109,64 @@ class ImageFlow:
         answer: ImageAnswer,
         explainers: dict[str, Explainer],
         overlay: str | None,
+        max_overlay_pixels: int | None = None,
     ) -> list[ImageResult]:
         """Per image: its top classes, and for each target every method's normalised map,
-        with its overlay encoded as `overlay` (a format of service.encode; None: no overlay)."""
+        with its overlay encoded as `overlay` (a format of service.encode; None: no overlay),
+        at the image's size or scaled down to `max_overlay_pixels` (None: no limit)."""
         probabilities = answer.probabilities
         predictions = self.handler.top_classes(probabilities)
         results = []
         for i, image in enumerate(images):
+            base = self._overlay_base(image, max_overlay_pixels) if overlay else None
             per_target = []
             for run in answer.runs:
                 index = int(run.targets[i])
                 target = Target(index, self.handler.classes[index], float(probabilities[i, index]))
-                box = self.handler.overlay_box(image) if overlay else None
                 maps = [
-                    _map(image, name, attribution, i, explainers[name], box, overlay)
+                    _map(base, name, attribution, i, explainers[name], overlay)
                     for name, attribution in run.attributions.items()
                 ]
                 per_target.append(TargetMaps(target, maps))
             results.append(ImageResult(predictions[i], per_target))
         return results
 
+    def _overlay_base(self, image: Image.Image, max_pixels: int | None) -> _OverlayBase:
+        """The picture overlays are drawn on: the image, or a copy scaled to fit `max_pixels`,
+        with the part the model saw in its pixels."""
+        box = self.handler.overlay_box(image)
+        picture, scale = render.fit(image, max_pixels) if max_pixels is not None else (image, 1.0)
+        if picture is not image:
+            sx, sy = picture.width / image.width, picture.height / image.height
+            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        return _OverlayBase(picture, box, scale)
+
+
+@dataclass(frozen=True)
+class _OverlayBase:
+    """What one image's overlays are drawn on: the picture, the part of it the model saw
+    (left, top, right, bottom) and the picture's scale relative to the upload."""
+
+    picture: Image.Image
+    box: tuple[float, float, float, float]
+    scale: float
+
 
 def _map(
-    image: Image.Image,
+    base: _OverlayBase | None,
     method: str,
     attribution: Attribution,
     index: int,
     explainer: Explainer,
-    box: tuple[float, float, float, float] | None,
     overlay: str | None,
 ) -> MapResult:
-    """Input `index`'s map, normalised, with its extras and, given the part of the image the
-    model saw (`box`), an overlay of the image's own size."""
+    """Input `index`'s map, normalised, with its extras and, given what to draw it on
+    (`base`), an overlay of the image's own size (or the size it was scaled to)."""
     grid = render.normalise(attribution.maps[index], explainer.signed)
-    picture = None
-    if box is not None and overlay is not None:
-        picture = encode(render.overlay(image, grid, explainer.signed, box=box), overlay)
+    picture, size, scale = None, None, 1.0
+    if base is not None and overlay is not None:
+        drawn = render.overlay(base.picture, grid, explainer.signed, box=base.box)
+        picture, size, scale = encode(drawn, overlay), drawn.size, base.scale
     return MapResult(
         method=method,
         values=np.asarray(grid, dtype=np.float32),
@@ -150,4 +175,6 @@ def _map(
         extras=attribution.extra(index),
         overlay=picture,
         overlay_format=overlay or "png",
+        overlay_size=size,
+        overlay_scale=scale,
     )

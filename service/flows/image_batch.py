@@ -7,7 +7,8 @@ targets (which may differ) and their captured activations are concatenated, so G
 for several images and targets is one backward. A method whose answer for one input
 depends on the others in its call (`batchable = False`: noise drawn per call) runs job by
 job. Hooks live for one forward pass, and gradients are taken per method call, on tensors
-of that call only.
+of that call only. A job whose deadline has passed is answered DeadlineExceeded before the
+forward pass or before its next method, and takes no further part in the batch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from service.errors import DeadlineExceeded
 from service.explain import Attribution, Explainer
 from service.flows.base import Job
 from service.handlers.image import ImageHandler, Inference
@@ -61,8 +63,23 @@ class _Unit:
     explainer: Explainer
 
 
-def answer_batch(handler: ImageHandler, model: str, jobs: list[ImageJob]) -> list[ImageAnswer]:
-    """Each job's answer, from one forward pass and one call per method."""
+def answer_batch(
+    handler: ImageHandler, model: str, jobs: list[ImageJob]
+) -> list[ImageAnswer | DeadlineExceeded]:
+    """Each job's answer, from one forward pass and one call per method; DeadlineExceeded
+    for a job whose deadline passed before its forward pass or one of its methods."""
+    late: dict[int, DeadlineExceeded] = {}
+    for k, job in enumerate(jobs):
+        if (error := job.call.overdue("before its forward pass")) is not None:
+            late[k] = error
+    on_time = [job for k, job in enumerate(jobs) if k not in late]
+    answers = iter(_answer(handler, model, on_time) if on_time else [])
+    return [late[k] if k in late else next(answers) for k in range(len(jobs))]
+
+
+def _answer(
+    handler: ImageHandler, model: str, jobs: list[ImageJob]
+) -> list[ImageAnswer | DeadlineExceeded]:
     inputs = torch.cat([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
     layers = frozenset().union(*(job.layers for job in jobs))
     explaining = any(job.explainers for job in jobs)
@@ -77,9 +94,16 @@ def answer_batch(handler: ImageHandler, model: str, jobs: list[ImageJob]) -> lis
         probabilities = result.probabilities[start:stop]
         runs = [TargetRun(_target_tensor(i, probabilities)) for i in job.wanted]
         answers.append(ImageAnswer(probabilities, runs if job.explainers else []))
+    late: dict[int, DeadlineExceeded] = {}
     for units in _groups(jobs, answers).values():
-        _explain(handler, result, jobs, answers, spans, units)
-    return answers
+        method = units[0].method
+        for k in {u.job for u in units} - set(late):
+            if (error := jobs[k].call.overdue(f"before {method} ran")) is not None:
+                late[k] = error
+        units = [u for u in units if u.job not in late]
+        if units:
+            _explain(handler, result, jobs, answers, spans, units)
+    return [late.get(k, answer) for k, answer in enumerate(answers)]
 
 
 def _groups(jobs: list[ImageJob], answers: list[ImageAnswer]) -> dict[Hashable, list[_Unit]]:

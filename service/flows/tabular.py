@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from service.errors import BadInput, UnsupportedMediaType
+from service.errors import BadInput, DeadlineExceeded, UnsupportedMediaType
 from service.explain import Explainer
+from service.explain.base import ModelInput
 from service.flows.base import Call, ExplainRequest, Job, Payload, run_batch
 from service.handlers.tabular import Row, TabularHandler
-from service.results import RowResult
+from service.results import MapResult, RowResult
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TabularFlow:
     async def predict(self, call: Call, payloads: list[Payload]) -> list[list[float]]:
         """Per payload, the predicted value of each of its rows (what TorchServe answers)."""
         requests = await call.in_thread("decode", lambda: self.decode(payloads))
+        call.limits.check_rows(sum(len(rows) for rows in requests))
         values = iter(await call.queued(TabularJob(call, [r for rows in requests for r in rows])))
         return [[next(values) for _ in rows] for rows in requests]
 
@@ -47,15 +49,27 @@ class TabularFlow:
     ) -> list[RowResult]:
         requests = await call.in_thread("decode", lambda: self.decode(request.inputs))
         rows = [row for payload_rows in requests for row in payload_rows]
+        call.limits.check_rows(len(rows))
+        call.check_budget(explainers, self.model_input, len(rows))
         answer: list[RowResult] = await call.queued(TabularJob(call, rows, explainers))
         return answer
 
+    @property
+    def model_input(self) -> ModelInput:
+        """What a method's cost depends on: each row is attributed from every reference row."""
+        return ModelInput(references=int(self.handler.references[0].shape[0]))
+
     def _answer(self, jobs: list[TabularJob]) -> list[Any]:
         """Predictions for all predicting jobs in one pass; each method once over the rows of
-        every job that asked for it; then each job's own rows back."""
-        jobs[0].call.metrics.batch_size.labels(self.name).observe(sum(len(j.rows) for j in jobs))
+        every job that asked for it; then each job's own rows back. A job whose deadline has
+        passed before a pass it takes part in is answered DeadlineExceeded instead."""
         answers: dict[int, Any] = {}
-        predicting = [k for k, job in enumerate(jobs) if not job.explainers]
+        late: dict[int, DeadlineExceeded] = {}
+        on_time = _on_time(jobs, range(len(jobs)), late, "before its forward pass")
+        if on_time:
+            rows = sum(len(jobs[k].rows) for k in on_time)
+            jobs[0].call.metrics.batch_size.labels(self.name).observe(rows)
+        predicting = [k for k in on_time if not jobs[k].explainers]
         if predicting:
             values = self._timed(
                 jobs, predicting, "inference", "", lambda rows: self.handler.predict_rows(rows)
@@ -63,16 +77,19 @@ class TabularFlow:
             for k, part in zip(predicting, values, strict=True):
                 answers[k] = part
         per_method: dict[int, list[list[RowResult]]] = {
-            k: [] for k, j in enumerate(jobs) if j.explainers
+            k: [] for k in on_time if jobs[k].explainers
         }
         groups: dict[Any, list[int]] = {}
-        for k, job in enumerate(jobs):
-            for explainer in job.explainers.values():
+        for k in per_method:
+            for explainer in jobs[k].explainers.values():
                 groups.setdefault(explainer.same_call(), []).append(k)
         for key, members in groups.items():
             explainer = next(
                 e for e in jobs[members[0]].explainers.values() if e.same_call() == key
             )
+            members = _on_time(jobs, members, late, f"before {explainer.name} ran")
+            if not members:
+                continue
             parts = self._timed(
                 jobs,
                 members,
@@ -83,8 +100,9 @@ class TabularFlow:
             for k, part in zip(members, parts, strict=True):
                 per_method[k].append(part)
         for k, results in per_method.items():
-            answers[k] = [_merge(row) for row in zip(*results, strict=True)]
-        return [answers[k] for k in range(len(jobs))]
+            if k not in late:
+                answers[k] = [_merge(row) for row in zip(*results, strict=True)]
+        return [late[k] if k in late else answers[k] for k in range(len(jobs))]
 
     def _timed(
         self,
@@ -108,7 +126,7 @@ class TabularFlow:
 
     async def heatmap(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
-    ) -> bytes:
+    ) -> MapResult:
         raise UnsupportedMediaType(
             f"{self.name} is not an image model; use /explanations/{self.name}"
         )
@@ -128,6 +146,16 @@ class TabularFlow:
                 f"not {content_type} (gRPC: set Input.row)"
             )
         return self.handler.decode(payload.data)
+
+
+def _on_time(
+    jobs: list[TabularJob], members: Sequence[int], late: dict[int, DeadlineExceeded], where: str
+) -> list[int]:
+    """The `members` not late: a job whose deadline has passed at `where` joins `late`."""
+    for k in members:
+        if k not in late and (error := jobs[k].call.overdue(where)) is not None:
+            late[k] = error
+    return [k for k in members if k not in late]
 
 
 def _merge(results: tuple[RowResult, ...]) -> RowResult:

@@ -21,7 +21,7 @@ from service.errors import PayloadTooLarge, SchemaError
 from service.explain import REGISTRY, Attribution, Explainer, ImageBatch, methods_for
 from service.handlers.base import GlimpseHandler, HandlerContext, request_payload
 from service.hooks import capture_output, find_layer
-from service.imaging import DEFAULT_MAX_PIXELS, decode_image
+from service.imaging import DEFAULT_MAX_PIXELS, allow_pixels, decode_image
 from service.layers import (
     SCRIPT_MODULE_REASON,
     NoSpatialLayer,
@@ -60,6 +60,7 @@ class ImageHandler(GlimpseHandler):
         meta = self.metadata
         model = self.network
         self.max_pixels = int(self.properties.get("max_image_pixels") or DEFAULT_MAX_PIXELS)
+        allow_pixels(self.max_pixels)
         self.transform = ImageTransform.from_metadata(meta["input"])
         self.size = self.transform.size  # (height, width)
         example = torch.zeros(1, 3, *self.size)
@@ -112,7 +113,8 @@ class ImageHandler(GlimpseHandler):
             raise PayloadTooLarge(
                 f"the image is {image.width}x{image.height}; the model's preprocessing resizes it "
                 f"to {width}x{height} = {width * height} pixels, over the limit of "
-                f"{self.max_pixels}; send an image of a less extreme shape"
+                f"{self.max_pixels} (GLIMPSE_MAX_IMAGE_PIXELS); send an image of a less extreme "
+                "shape"
             )
         return image
 

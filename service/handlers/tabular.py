@@ -63,8 +63,13 @@ class TabularHandler(GlimpseHandler):
         if isinstance(payload, bytes | bytearray | str):
             try:
                 payload = json.loads(payload)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            except ValueError as error:  # not UTF-8, not JSON, or a number of too many digits
                 raise BadInput(f"the body is not JSON: {error}") from None
+            except RecursionError:
+                raise BadInput(
+                    "the JSON is nested too deeply: send an object of column values, a list of "
+                    'them or {"rows": [...]}'
+                ) from None
         if isinstance(payload, Mapping) and isinstance(payload.get("rows"), list):
             return list(payload["rows"])
         if isinstance(payload, Mapping):

@@ -106,7 +106,7 @@ class Target(_message.Message):
     def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Map(_message.Message):
-    __slots__ = ("method", "height", "width", "values", "signed", "reduction", "overlay_png", "extras", "overlay", "overlay_format")
+    __slots__ = ("method", "height", "width", "values", "signed", "reduction", "overlay_png", "extras", "overlay", "overlay_format", "overlay_size", "overlay_scaled", "overlay_scale")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,9 @@ class Map(_message.Message):
     EXTRAS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_SCALED_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_SCALE_FIELD_NUMBER: _ClassVar[int]
     method: str
     height: int
     width: int
@@ -127,7 +130,10 @@ class Map(_message.Message):
     extras: _struct_pb2.Struct
     overlay: bytes
     overlay_format: str
-    def __init__(self, method: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., signed: _Optional[bool] = ..., reduction: _Optional[str] = ..., overlay_png: _Optional[bytes] = ..., extras: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., overlay: _Optional[bytes] = ..., overlay_format: _Optional[str] = ...) -> None: ...
+    overlay_size: _containers.RepeatedScalarFieldContainer[int]
+    overlay_scaled: bool
+    overlay_scale: float
+    def __init__(self, method: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., signed: _Optional[bool] = ..., reduction: _Optional[str] = ..., overlay_png: _Optional[bytes] = ..., extras: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., overlay: _Optional[bytes] = ..., overlay_format: _Optional[str] = ..., overlay_size: _Optional[_Iterable[int]] = ..., overlay_scaled: _Optional[bool] = ..., overlay_scale: _Optional[float] = ...) -> None: ...
 
 class ImageExplanation(_message.Message):
     __slots__ = ("prediction", "target", "maps", "by_target")
