@@ -62,6 +62,8 @@ class MisdirectedRequest(GlimpseError):
     """A Host header this server does not answer to (DNS-rebinding protection; HTTP only)."""
 
     status, grpc_status, code = 421, "PERMISSION_DENIED", "misdirected_request"
+
+
 class OverBudget(GlimpseError):
     """An explanation that would need more model evaluations than the per-request budget."""
 
