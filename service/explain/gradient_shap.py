@@ -1,15 +1,19 @@
-"""GradientShap: expected gradients x (input - baseline) over random baselines (Captum).
+"""GradientShap: expected gradients x (input - baseline) over random baselines
+(Lundberg and Lee, 2017), as Captum's GradientShap computes it.
 
-Baselines are seeded Gaussian noise around the data set's mean colour, so the
-same input gives the same map.
+Baselines are Gaussian noise around the data set's mean colour. Every draw (the
+baseline distribution, the baseline picked for each sample, the noise on the input and
+the point between baseline and input) comes from the call's own generator seeded with
+`seed`: the same input gives the same map, and calls on other threads (other models'
+workers) never touch the draws. Captum's Saliency supplies the gradients.
 """
 
 from __future__ import annotations
 
 import torch
-from captum.attr import GradientShap as CaptumGradientShap
+from captum.attr import Saliency
 
-from service.explain.base import Attribution, Explainer, ImageBatch, Param, register, seeded
+from service.explain.base import Attribution, Explainer, ImageBatch, Param, register
 
 
 @register
@@ -28,13 +32,23 @@ class GradientShap(Explainer):
 
     def attribute(self, batch: ImageBatch) -> Attribution:
         inputs = batch.inputs.detach()
-        with seeded(self.options["seed"]):
-            baselines = torch.randn(self.options["baselines"], *inputs.shape[1:])
-            maps = CaptumGradientShap(batch.model).attribute(
-                inputs,
-                baselines=baselines,
-                target=batch.targets,
-                n_samples=self.options["samples"],
-                stdevs=self.options["stdev"],
-            )
-        return Attribution.of(maps.sum(dim=1))
+        n, samples = inputs.shape[0], self.options["samples"]
+        generator = torch.Generator().manual_seed(self.options["seed"])
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.randn(shape, generator=generator, dtype=inputs.dtype)
+
+        distribution = draw(self.options["baselines"], *inputs.shape[1:])
+        picks = torch.randint(len(distribution), (n * samples,), generator=generator)
+        baselines = distribution[picks].to(inputs.device)
+        # Each input's `samples` draws sit next to each other, as in Captum's NoiseTunnel.
+        noisy = inputs.repeat_interleave(samples, dim=0)
+        noisy = noisy + self.options["stdev"] * draw(*noisy.shape).to(inputs.device)
+        alphas = torch.rand(n * samples, generator=generator, dtype=inputs.dtype)
+        alphas = alphas.to(inputs.device).view(-1, *[1] * (inputs.dim() - 1))
+        between = (alphas * noisy + (1 - alphas) * baselines).requires_grad_()
+        targets = batch.targets.repeat_interleave(samples)
+        grads = Saliency(batch.model).attribute(between, target=targets, abs=False)
+        shares = (noisy - baselines) * grads
+        mean = shares.view(n, samples, *inputs.shape[1:]).mean(dim=1)
+        return Attribution.of(mean.sum(dim=1))
