@@ -52,3 +52,9 @@ class Overloaded(GlimpseError):
 
 class DeadlineExceeded(GlimpseError):
     status, grpc_status, code = 504, "DEADLINE_EXCEEDED", "deadline_exceeded"
+
+
+class ModelUnavailable(GlimpseError):
+    """A model's worker thread has ended: the model cannot answer until glimpse restarts."""
+
+    status, grpc_status, code = 503, "UNAVAILABLE", "model_unavailable"
