@@ -54,6 +54,12 @@ class DeadlineExceeded(GlimpseError):
     status, grpc_status, code = 504, "DEADLINE_EXCEEDED", "deadline_exceeded"
 
 
+class Draining(GlimpseError):
+    """The server is shutting down (SIGTERM/SIGINT): it finishes what it has, takes nothing new."""
+
+    status, grpc_status, code = 503, "UNAVAILABLE", "draining"
+
+
 class ModelUnavailable(GlimpseError):
     """A model's worker thread has ended: the model cannot answer until glimpse restarts."""
 

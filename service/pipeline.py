@@ -14,6 +14,7 @@ from typing import Any
 from service.errors import BadInput, SchemaError
 from service.explain import REGISTRY, Explainer, build
 from service.flows import Call, ExplainRequest, Payload, PredictRequest
+from service.lifecycle import Health, Lifecycle
 from service.results import Explanation, Prediction
 from service.runtime import Model, Runtime
 from service.timing import Timings
@@ -27,9 +28,15 @@ class Pipeline:
     Example: ``await pipeline.predict(PredictRequest("cnn", [Payload(png_bytes)]))``
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, lifecycle: Lifecycle | None = None) -> None:
         self.runtime = runtime
         self.metrics = runtime.metrics
+        self.lifecycle = lifecycle or Lifecycle()  # drain state and admission, for both doors
+
+    def health(self) -> Health:
+        """Health now: draining, and each model whose worker has ended or is stuck."""
+        workers = {name: model.worker for name, model in self.runtime.models.items()}
+        return self.lifecycle.health(workers)
 
     async def predict(self, request: PredictRequest) -> Sequence[Prediction]:
         """What the handler answers inside TorchServe, one answer per payload."""
