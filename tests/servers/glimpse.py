@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,15 @@ class Glimpse:
 
 
 @contextmanager
-def glimpse(archives: list[Path], workdir: Path) -> Iterator[Glimpse]:
-    """Serve `archives` from a model store under `workdir` until the block ends."""
+def glimpse(
+    archives: list[Path],
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+) -> Iterator[Glimpse]:
+    """Serve `archives` from a model store under `workdir` until the block ends; `env`
+    replaces the environment and `args` are more flags."""
     store = workdir / "model_store"
     store.mkdir(parents=True, exist_ok=True)
     for archive in archives:
@@ -39,9 +46,10 @@ def glimpse(archives: list[Path], workdir: Path) -> Iterator[Glimpse]:
         str(http_port),
         "--grpc-port",
         str(grpc_port),
+        *args,
     ]
     log = workdir / "glimpse.log"
-    with running(command, log) as process:
+    with running(command, log, env=env) as process:
         server = Glimpse(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process)
         wait_until_ok(f"{server.http}/ping", process, log)
         yield server
