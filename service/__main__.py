@@ -1,6 +1,9 @@
 """`python -m service`: serve every archive in the model store over HTTP (and gRPC).
 
 Settings come from defaults, then GLIMPSE_* environment variables, then flags.
+SIGTERM or SIGINT drains (service/lifecycle.py): health NOT_SERVING, new requests
+refused, those in flight finished within --drain-seconds; then the runtime closes and
+the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import uvicorn
 from service.auth import prepare as prepare_auth
 from service.config import ConfigError, Settings, parse_names
 from service.http import create_app
+from service.lifecycle import CLOSE_SECONDS, HttpServer, Lifecycle, stop_on_signal
 from service.pipeline import Pipeline
 from service.runtime import Runtime
 from service.threads import configure as configure_threads
@@ -48,6 +52,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         help="allow POST /models?url=<.mar in the store> and DELETE /models/{name}",
     )
     add_auth_arguments(parser)
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        help="on SIGTERM/SIGINT, longest wait for requests in flight (default 30)",
+    )
     args = parser.parse_args(argv)
     models = parse_names("--models", args.models) if args.models else None
     try:
@@ -66,6 +75,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             access_log=True if args.access_log else None,
             max_batch_delay=args.max_batch_delay,
             **auth_overrides(args),
+            drain_seconds=args.drain_seconds,
         )
     except ConfigError as exc:
         parser.error(str(exc))
@@ -100,6 +110,10 @@ def auth_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def serve(settings: Settings) -> None:
+    """Load the archives and serve them until SIGTERM/SIGINT has drained both doors. Every
+    way out, a failed start too, closes the runtime, which removes its temp dir."""
+    lifecycle = Lifecycle(settings.drain_seconds, settings.stuck_seconds)
+    lifecycle.take_signals()  # SIGTERM/SIGINT drain from now on (once loaded, if during)
     threads = configure_threads(settings.torch_threads)
     log.info("torch uses %d intra-op thread(s)", threads)
     runtime = Runtime.load(
@@ -108,15 +122,22 @@ async def serve(settings: Settings) -> None:
         max_image_pixels=settings.max_image_pixels,
         batching=Batching(settings.batch_size, settings.max_batch_delay),
     )
+    try:
+        await serve_runtime(settings, runtime, lifecycle)
+    finally:
+        runtime.close()
+
+
+async def serve_runtime(settings: Settings, runtime: Runtime, lifecycle: Lifecycle) -> None:
+    """Both doors onto `runtime`, until the drain is over; both are stopped on the way out."""
     for model in runtime.models.values():
         log.info("loaded %s (%s) in %.2f s", model.name, model.handler.kind, model.load_seconds)
     if not runtime.models and not settings.enable_management:
-        runtime.close()
         raise SystemExit(
             f"glimpse: none of the archives in {settings.model_store} can be served "
             "(the warnings above say why)"
         )
-    pipeline = Pipeline(runtime, settings.limits())
+    pipeline = Pipeline(runtime, settings.limits(), lifecycle)
     app = create_app(settings, pipeline)
     config = uvicorn.Config(
         app,
@@ -124,20 +145,25 @@ async def serve(settings: Settings) -> None:
         port=settings.http_port,
         log_level="info",
         access_log=settings.access_log,
+        timeout_graceful_shutdown=CLOSE_SECONDS,
     )
-    server = uvicorn.Server(config)
+    server = HttpServer(config)  # stopped by stop_on_signal, after the drain
+    stopper = asyncio.create_task(stop_on_signal(lifecycle, server))
     grpc_server = None
-    if settings.grpc:
-        from service.grpc_server import start_grpc
-
-        grpc_server = await start_grpc(settings, pipeline)
-        log.info("gRPC on %s:%d", settings.host, settings.grpc_port)
     try:
+        if settings.grpc:
+            from service.grpc_server import start_grpc
+
+            try:
+                grpc_server = await start_grpc(settings, pipeline)
+            except OSError as exc:
+                raise SystemExit(f"glimpse: {exc}") from None
+            log.info("gRPC on %s:%d", settings.host, settings.grpc_port)
         await server.serve()
     finally:
+        stopper.cancel()
         if grpc_server is not None:
-            await grpc_server.stop(grace=2)
-        runtime.close()
+            await grpc_server.stop(grace=CLOSE_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,6 +51,8 @@ class Settings:
     max_overlay_pixels: int = DEFAULT_LIMITS.max_overlay_pixels
     request_timeout: float = DEFAULT_LIMITS.request_timeout
     max_concurrency: int = DEFAULT_LIMITS.max_concurrency
+    drain_seconds: float = 30.0  # on SIGTERM/SIGINT: longest wait for requests in flight
+    stuck_seconds: float = 120.0  # a batch running longer makes its model NOT_SERVING
 
     def __post_init__(self) -> None:
         for port_name in ("http_port", "grpc_port"):
@@ -61,6 +63,11 @@ class Settings:
             raise ConfigError(f"torch_threads must be 0 (auto) or more, got {self.torch_threads}")
         if self.max_batch_delay < 0:
             raise ConfigError(f"max_batch_delay must be 0 or more ms, got {self.max_batch_delay}")
+        if self.drain_seconds < 0 or self.stuck_seconds <= 0:
+            raise ConfigError(
+                f"drain_seconds must be 0 or more and stuck_seconds more than 0, got "
+                f"{self.drain_seconds} and {self.stuck_seconds}"
+            )
         for name in ("max_body_bytes", "max_image_pixels", "max_queue", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)}")

@@ -68,3 +68,15 @@ class OverBudget(GlimpseError):
     """An explanation that would need more model evaluations than the per-request budget."""
 
     status, grpc_status, code = 422, "INVALID_ARGUMENT", "over_budget"
+
+
+class Draining(GlimpseError):
+    """The server is shutting down (SIGTERM/SIGINT): it finishes what it has, takes nothing new."""
+
+    status, grpc_status, code = 503, "UNAVAILABLE", "draining"
+
+
+class ModelUnavailable(GlimpseError):
+    """A model's worker thread has ended: the model cannot answer until glimpse restarts."""
+
+    status, grpc_status, code = 503, "UNAVAILABLE", "model_unavailable"

@@ -1,9 +1,10 @@
 """The gRPC door (`glimpse.v1.Glimpse`): decode protos into pipeline requests, encode results back.
 
 Beside the Glimpse service the server runs the standard `grpc.health.v1.Health`
-(overall "", the service name and each model name; all SERVING) and server
-reflection. Errors are mapped to status codes once, in `grpc_status`; client
-deadlines bound every call and a cancelled call's queued work is dropped.
+(overall "", the service name and each model name; live, see service/grpc_lifecycle.py)
+and server reflection; while glimpse drains, new calls get UNAVAILABLE. Errors are
+mapped to status codes once, in `grpc_status`; client deadlines bound every call and a
+cancelled call's queued work is dropped.
 
 Example: ``server = await start_grpc(Settings(), pipeline); ...; await server.stop(grace=2)``
 """
@@ -19,12 +20,13 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.auth import grpc_interceptors
 from service.config import Settings
 from service.errors import BadInput, GlimpseError, Overloaded
+from service.grpc_lifecycle import AdmitCalls, LiveHealth
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
@@ -40,14 +42,20 @@ async def start_grpc(settings: Settings, pipeline: Pipeline) -> grpc.aio.Server:
     """Bind settings.host:settings.grpc_port, start serving and return the started server."""
     limit = settings.max_body_bytes
     server = grpc.aio.server(
+        # The token check first (a refused call never counts as work), then the drain gate.
+        interceptors=[
+            *grpc_interceptors(settings, pipeline.metrics),
+            AdmitCalls(pipeline.lifecycle),
+        ],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
         ],
-        interceptors=grpc_interceptors(settings, pipeline.metrics),
     )
     pb_grpc.add_GlimpseServicer_to_server(GlimpseServicer(pipeline), server)
-    health_pb2_grpc.add_HealthServicer_to_server(await serving_health(pipeline), server)
+    live_health = LiveHealth(pipeline, (SERVICE,))
+    await live_health.refresh()
+    health_pb2_grpc.add_HealthServicer_to_server(live_health.servicer, server)
     names = (
         SERVICE,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -55,18 +63,13 @@ async def start_grpc(settings: Settings, pipeline: Pipeline) -> grpc.aio.Server:
     )
     reflection.enable_server_reflection(names, server)
     address = f"{_host(settings.host)}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"gRPC cannot bind {address}: pick a free port with --grpc-port")
+    try:  # grpc raises RuntimeError (it used to return 0) when the port is taken
+        server.add_insecure_port(address)
+    except RuntimeError:
+        raise OSError(f"gRPC cannot bind {address}: pick a free port with --grpc-port") from None
     await server.start()
+    live_health.follow(server)
     return server
-
-
-async def serving_health(pipeline: Pipeline) -> health.aio.HealthServicer:
-    """Health reporting SERVING overall (""), for the Glimpse service and for each model."""
-    servicer = health.aio.HealthServicer()
-    for name in ("", SERVICE, *pipeline.runtime.models):
-        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return servicer
 
 
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:

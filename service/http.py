@@ -24,7 +24,8 @@ from service import __version__
 from service.auth import AuthMiddleware, Guard
 from service.config import Settings
 from service.encode import MEDIA_TYPES
-from service.errors import BadInput, GlimpseError, Overloaded, PayloadTooLarge
+from service.errors import BadInput, Draining, GlimpseError, Overloaded, PayloadTooLarge
+from service.lifecycle import Lifecycle
 from service.limits import Gate
 from service.management import add_management_routes
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE, Metrics
@@ -51,9 +52,11 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
     runtime, metrics = pipeline.runtime, pipeline.metrics
 
     # Starlette runs the middleware added last outermost: ObserveRequests (below) sees every
-    # answer; the Host and token check runs before any body is read and before a request takes
-    # one of the door's concurrency slots (LimitConcurrency, innermost: 503 when all are taken).
+    # answer; the Host and token check runs before any body is read, then the drain gate
+    # (AdmitRequests: 503 while draining), then the door's concurrency slots
+    # (LimitConcurrency, innermost: 503 when all are taken).
     app.add_middleware(LimitConcurrency, gate=pipeline.gate("HTTP"))
+    app.add_middleware(AdmitRequests, lifecycle=pipeline.lifecycle)
     app.add_middleware(AuthMiddleware, guard=Guard.from_settings(settings))
     app.add_middleware(ObserveRequests, metrics=metrics)
 
@@ -75,9 +78,12 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         return JSONResponse({"code": "internal", "message": f"internal error: {exc!r}"}, 500)
 
     @app.get("/ping")
-    async def ping() -> dict[str, str]:
-        """Health, in TorchServe's shape."""
-        return {"status": "Healthy"}
+    async def ping() -> JSONResponse:
+        """Health, in TorchServe's shape: 200 `{"status": "Healthy"}`, or 503
+        `{"status": "Unhealthy"}` with `draining` and/or `models` (each unhealthy model and
+        why: its worker thread has ended, or its batch runs past stuck_seconds)."""
+        health = pipeline.health()
+        return JSONResponse(health.as_json(), 200 if health.serving else 503)
 
     @app.get("/models")
     async def list_models() -> dict[str, Any]:
@@ -314,3 +320,30 @@ class ObserveRequests:
                 model = scope.get("path_params", {}).get("name", "")
                 seconds = time.perf_counter() - started
                 self.metrics.observe_request(model, route, "http", status[0], seconds)
+
+
+class AdmitRequests:
+    """ASGI middleware: count each request in flight for the drain and, once the drain
+    refuses new work, answer 503 `draining` (with `Connection: close`). `/ping` and
+    `/metrics` stay open: they are how the outside watches the drain."""
+
+    OPEN = frozenset({"/ping", "/metrics"})
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN:
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.lifecycle.enter()
+        except Draining as exc:
+            refusal = JSONResponse(exc.as_json(), exc.status, headers={"Connection": "close"})
+            await refusal(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.lifecycle.leave()

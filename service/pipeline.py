@@ -14,6 +14,7 @@ from typing import Any
 from service.errors import BadInput, SchemaError
 from service.explain import REGISTRY, Explainer, build
 from service.flows import Call, ExplainRequest, Payload, PredictRequest
+from service.lifecycle import Health, Lifecycle
 from service.limits import DEFAULT_LIMITS, Gate, Limits
 from service.results import Explanation, MapResult, Prediction
 from service.runtime import Model, Runtime
@@ -29,10 +30,16 @@ class Pipeline:
     Example: ``await pipeline.predict(PredictRequest("cnn", [Payload(png_bytes)]))``
     """
 
-    def __init__(self, runtime: Runtime, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        limits: Limits = DEFAULT_LIMITS,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
         self.runtime = runtime
         self.metrics = runtime.metrics
         self.limits = limits
+        self.lifecycle = lifecycle or Lifecycle()  # drain state and admission, for both doors
         self._gates: dict[str, Gate] = {}
 
     def gate(self, door: str) -> Gate:
@@ -41,6 +48,11 @@ class Pipeline:
         if door not in self._gates:
             self._gates[door] = Gate(self.limits.max_concurrency, door)
         return self._gates[door]
+
+    def health(self) -> Health:
+        """Health now: draining, and each model whose worker has ended or is stuck."""
+        workers = {name: model.worker for name, model in self.runtime.models.items()}
+        return self.lifecycle.health(workers)
 
     async def predict(self, request: PredictRequest) -> Sequence[Prediction]:
         """What the handler answers inside TorchServe, one answer per payload."""

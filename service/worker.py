@@ -13,18 +13,25 @@ Example: ``Worker("cnn", flow.process, Batching(16, 0), max_queue=64, on_depth=p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from service.errors import ModelNotFound, Overloaded
+from service.errors import ModelNotFound, ModelUnavailable, Overloaded
 
 J = TypeVar("J")
 R = TypeVar("R")
+log = logging.getLogger("glimpse")
+_ENDED = (
+    "model {!r} cannot answer: its worker thread has ended (the log says why); "
+    "restart glimpse to serve it again"
+)
 
 # The flow's batch function: (job, seconds it waited) for each job -> a result or an exception
 # for each, in order.
@@ -74,6 +81,8 @@ class Worker(Generic[J]):
         self._process = process
         self._on_depth = on_depth
         self._jobs: queue.Queue[_Queued[J] | None] = queue.Queue()
+        self._batch_started: float | None = None  # perf_counter() when the running batch began
+        self._taken: list[_Queued[J]] = []  # the batch between the queue and its answers
         self._thread = threading.Thread(target=self._run, name=f"glimpse-{name}", daemon=True)
         self._thread.start()
 
@@ -90,6 +99,8 @@ class Worker(Generic[J]):
     def submit(self, job: J) -> Future[Any]:
         if self.closed:
             raise ModelNotFound(f"model {self.name!r} was unregistered")
+        if not self.alive:
+            raise ModelUnavailable(_ENDED.format(self.name))
         if self._jobs.qsize() >= self.max_queue:
             raise Overloaded(
                 f"model {self.name!r} has {self.max_queue} requests waiting; retry shortly"
@@ -109,14 +120,40 @@ class Worker(Generic[J]):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def busy_seconds(self) -> float:
+        """How long the running batch has run so far; 0 while the worker waits for jobs."""
+        started = self._batch_started
+        return 0.0 if started is None else time.perf_counter() - started
+
     def _run(self) -> None:
+        """Serve batches until closed. Should the loop itself fail (a bug: the batch function's
+        errors go to their jobs), log it and fail its batch and the jobs still queued; `alive`
+        turns False and health reports the model NOT_SERVING."""
+        try:
+            self._serve()
+        except BaseException:  # noqa: BLE001 - logged; health reports the dead worker
+            log.critical("model %r: its worker thread failed", self.name, exc_info=True)
+            self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        waiting: list[_Queued[J] | None] = [*self._taken]
+        while not self._jobs.empty():
+            waiting.append(self._jobs.get_nowait())
+        for item in waiting:
+            with contextlib.suppress(InvalidStateError):  # its caller may cancel it meanwhile
+                if item is not None and not item.future.done():
+                    item.future.set_exception(ModelUnavailable(_ENDED.format(self.name)))
+
+    def _serve(self) -> None:
         running = True
         while running:
-            batch, running = self._gather()
+            self._taken, running = self._gather()
             self._on_depth(self._jobs.qsize())
-            live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            live = [item for item in self._taken if item.future.set_running_or_notify_cancel()]
             if live:
                 self._answer(live)
+            self._taken = []
 
     def _gather(self) -> tuple[list[_Queued[J]], bool]:
         """The next batch, and False once the closing sentinel has been taken."""
@@ -137,11 +174,13 @@ class Worker(Generic[J]):
         return batch, True
 
     def _answer(self, live: list[_Queued[J]]) -> None:
-        started = time.perf_counter()
+        started = self._batch_started = time.perf_counter()
         try:
             results = list(self._process([(item.job, started - item.enqueued) for item in live]))
         except BaseException as exc:  # noqa: BLE001 - handed to every awaiting request
             results = [exc] * len(live)
+        finally:
+            self._batch_started = None
         for item, result in zip(live, results, strict=True):
             if isinstance(result, BaseException):
                 item.future.set_exception(result)

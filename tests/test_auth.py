@@ -427,7 +427,9 @@ def environment(home: Path) -> dict[str, str]:
 
 def test_real_server_on_all_interfaces_generates_a_token(cnn_archive: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    with glimpse([cnn_archive], tmp_path, ["--host", "0.0.0.0"], environment(home)) as server:
+    with glimpse(
+        [cnn_archive], tmp_path, args=["--host", "0.0.0.0"], env=environment(home)
+    ) as server:
         token_file = home / ".glimpse" / "token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
@@ -454,7 +456,7 @@ def test_real_server_on_all_interfaces_generates_a_token(cnn_archive: Path, tmp_
 def test_real_server_with_no_auth_is_open(cnn_archive: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     args = ["--host", "0.0.0.0", "--no-auth"]
-    with glimpse([cnn_archive], tmp_path, args, environment(home)) as server:
+    with glimpse([cnn_archive], tmp_path, args=args, env=environment(home)) as server:
         assert httpx.get(f"{server.http}/models", timeout=10).status_code == 200
         with grpc.insecure_channel(server.grpc) as channel:
             stub = pb_grpc.GlimpseStub(channel)

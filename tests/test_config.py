@@ -62,6 +62,8 @@ def test_every_field_is_read_from_its_variable() -> None:
         "GLIMPSE_MAX_OVERLAY_PIXELS": "1000000",
         "GLIMPSE_REQUEST_TIMEOUT": "2.5",
         "GLIMPSE_MAX_CONCURRENCY": "4",
+        "GLIMPSE_DRAIN_SECONDS": "2.5",
+        "GLIMPSE_STUCK_SECONDS": "60",
     }
     assert {env_variable(f.name) for f in dataclasses.fields(Settings)} == set(environ)
     settings = Settings.from_env(environ)
@@ -90,6 +92,8 @@ def test_every_field_is_read_from_its_variable() -> None:
         max_overlay_pixels=1_000_000,
         request_timeout=2.5,
         max_concurrency=4,
+        drain_seconds=2.5,
+        stuck_seconds=60.0,
     )
     assert isinstance(settings.model_store, Path) and isinstance(settings.grpc, bool)
 
@@ -149,6 +153,14 @@ def test_range_checks_still_apply_after_parsing() -> None:
         Settings.from_env({"GLIMPSE_HTTP_PORT": "70000"})
     with pytest.raises(ConfigError, match="max_queue must be a positive number, got 0"):
         Settings.from_env({"GLIMPSE_MAX_QUEUE": "0"})
+
+
+def test_drain_and_stuck_seconds_are_checked() -> None:
+    assert Settings(drain_seconds=0).drain_seconds == 0  # drain: stop without waiting
+    with pytest.raises(ConfigError, match="drain_seconds must be 0 or more"):
+        Settings.from_env({"GLIMPSE_DRAIN_SECONDS": "-1"})
+    with pytest.raises(ConfigError, match="stuck_seconds more than 0, got 30.0 and 0.0"):
+        Settings.from_env({"GLIMPSE_STUCK_SECONDS": "0"})
 
 
 def test_parse_int() -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -252,20 +251,6 @@ class Explainer:
             "summary": cls.summary,
             "params": {key: p.describe() for key, p in cls.params.items()},
         }
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's and numpy's global RNGs seeded (Captum draws from both),
-    restoring their states afterwards. Runs on the model's single worker thread."""
-    numpy_state = np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            yield
-    finally:
-        np.random.set_state(numpy_state)
 
 
 def blur(images: torch.Tensor, sigma_fraction: float = 0.1) -> torch.Tensor:

@@ -1,13 +1,19 @@
-"""GradientShap: expected gradients x (input - baseline) over random baselines (Captum).
+"""GradientShap: expected gradients x (input - baseline) over random baselines
+(Lundberg and Lee, 2017), as Captum's GradientShap computes it.
 
-Baselines are seeded Gaussian noise around the data set's mean colour, so the
-same input gives the same map.
+Baselines are Gaussian noise around the data set's mean colour. Every draw (the
+baseline distribution, the baseline picked for each sample, the noise on the input and
+the point between baseline and input) comes from the call's own generator seeded with
+`seed`: the same input gives the same map, and calls on other threads (other models'
+workers) never touch the draws. Captum's Saliency supplies the gradients. The draws are
+taken in passes of at most PASS_ELEMENTS input elements, so memory stays bounded at any
+`samples`.
 """
 
 from __future__ import annotations
 
 import torch
-from captum.attr import GradientShap as CaptumGradientShap
+from captum.attr import Saliency
 
 from service.explain.base import (
     Attribution,
@@ -17,7 +23,6 @@ from service.explain.base import (
     Param,
     per_pass,
     register,
-    seeded,
 )
 
 
@@ -39,31 +44,27 @@ class GradientShap(Explainer):
         return int(self.options["samples"])
 
     def attribute(self, batch: ImageBatch) -> Attribution:
-        with seeded(self.options["seed"]):
-            baselines = torch.randn(self.options["baselines"], *batch.inputs.shape[1:])
-            return batch.in_parts(lambda part: self._attribute(part, baselines))
-
-    def _attribute(self, batch: ImageBatch, baselines: torch.Tensor) -> Attribution:
-        """The mean over `samples` draws for all the batch's inputs, taken in passes of as
-        many draws as PASS_ELEMENTS allows (one pass when they all fit)."""
         inputs = batch.inputs.detach()
         samples = self.options["samples"]
-        size = per_pass(inputs.numel(), samples)
-        if size >= samples:
-            return Attribution.of(self._draws(batch, baselines, samples).sum(dim=1))
+        draws = len(inputs) * samples  # each input's draws sit next to each other
+        generator = torch.Generator().manual_seed(self.options["seed"])
+        shape = inputs.shape[1:]
+        distribution = torch.randn(
+            (self.options["baselines"], *shape), generator=generator, dtype=inputs.dtype
+        ).to(inputs.device)
+        picks = torch.randint(len(distribution), (draws,), generator=generator)
+        alphas = torch.rand(draws, generator=generator, dtype=inputs.dtype).to(inputs.device)
+        saliency = Saliency(batch.model)
         total = torch.zeros_like(inputs)
-        for start in range(0, samples, size):
-            draws = min(size, samples - start)
-            total += self._draws(batch, baselines, draws) * draws
+        step = per_pass(inputs[0].numel())
+        for start in range(0, draws, step):
+            span = torch.arange(start, min(draws, start + step))
+            owners = span // samples
+            noise = torch.randn((len(span), *shape), generator=generator, dtype=inputs.dtype)
+            noisy = inputs[owners] + self.options["stdev"] * noise.to(inputs.device)
+            baselines = distribution[picks[span]]
+            weight = alphas[span].view(-1, *[1] * len(shape))
+            between = (weight * noisy + (1 - weight) * baselines).requires_grad_()
+            grads = saliency.attribute(between, target=batch.targets[owners], abs=False)
+            total.index_add_(0, owners.to(inputs.device), ((noisy - baselines) * grads).detach())
         return Attribution.of((total / samples).sum(dim=1))
-
-    def _draws(self, batch: ImageBatch, baselines: torch.Tensor, draws: int) -> torch.Tensor:
-        """Captum's GradientShap over `draws` random baselines per input: [N, C, H, W]."""
-        maps: torch.Tensor = CaptumGradientShap(batch.model).attribute(
-            batch.inputs.detach(),
-            baselines=baselines,
-            target=batch.targets,
-            n_samples=draws,
-            stdevs=self.options["stdev"],
-        )
-        return maps.detach()

@@ -1,11 +1,16 @@
-"""SmoothGrad: saliency averaged over noisy copies of the input (Captum NoiseTunnel).
+"""SmoothGrad: saliency averaged over noisy copies of the input (Smilkov et al., 2017), as
+Captum's NoiseTunnel(Saliency) computes it.
 
-The noise is drawn from a seeded generator, so the same input gives the same map.
+The noise comes from the call's own generator seeded with `seed`: the same input gives
+the same map, and calls on other threads (other models' workers) never touch the draws.
+Noisy copies are taken in passes of at most PASS_ELEMENTS input elements, so memory
+stays bounded at any `samples`.
 """
 
 from __future__ import annotations
 
-from captum.attr import NoiseTunnel, Saliency
+import torch
+from captum.attr import Saliency
 
 from service.explain.base import (
     Attribution,
@@ -15,7 +20,6 @@ from service.explain.base import (
     Param,
     per_pass,
     register,
-    seeded,
 )
 
 
@@ -36,19 +40,19 @@ class SmoothGrad(Explainer):
         return int(self.options["samples"])
 
     def attribute(self, batch: ImageBatch) -> Attribution:
-        with seeded(self.options["seed"]):
-            return batch.in_parts(self._attribute)
-
-    def _attribute(self, batch: ImageBatch) -> Attribution:
-        """The noisy copies of all the batch's inputs, as many per pass as PASS_ELEMENTS allows."""
-        tunnel = NoiseTunnel(Saliency(batch.model))
+        inputs = batch.inputs.detach()
         samples = self.options["samples"]
-        grads = tunnel.attribute(
-            batch.inputs.detach().requires_grad_(),
-            nt_type="smoothgrad",
-            target=batch.targets,
-            nt_samples=samples,
-            stdevs=self.options["stdev"],
-            nt_samples_batch_size=per_pass(batch.inputs.numel(), samples),
-        )
-        return Attribution.of(grads.amax(dim=1))
+        generator = torch.Generator().manual_seed(self.options["seed"])
+        saliency = Saliency(batch.model)
+        total = torch.zeros_like(inputs)
+        copies = len(inputs) * samples  # each input's copies sit next to each other
+        step = per_pass(inputs[0].numel())
+        for start in range(0, copies, step):
+            owners = torch.arange(start, min(copies, start + step)) // samples
+            noise = torch.randn(inputs[owners].shape, generator=generator, dtype=inputs.dtype)
+            noisy = (
+                inputs[owners] + self.options["stdev"] * noise.to(inputs.device)
+            ).requires_grad_()
+            grads = saliency.attribute(noisy, target=batch.targets[owners])  # |gradient|
+            total.index_add_(0, owners.to(inputs.device), grads.detach())
+        return Attribution.of((total / samples).amax(dim=1))

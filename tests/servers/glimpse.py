@@ -25,6 +25,7 @@ class Glimpse:
 def glimpse(
     archives: list[Path],
     workdir: Path,
+    *,
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Glimpse]:
