@@ -27,6 +27,14 @@ class Prometheus:
         response.raise_for_status()
         return list(response.json()["data"]["result"])
 
+    def label_values(self, label: str, match: str) -> list[str]:
+        """Values of `label` on series matching `match` (what Grafana's label_values() asks)."""
+        response = httpx.get(
+            f"{self.url}/api/v1/label/{label}/values", params={"match[]": match}, timeout=10
+        )
+        response.raise_for_status()
+        return list(response.json()["data"])
+
 
 def binary(name: str) -> str:
     """The path of `prometheus` or `promtool`; skips with the install command if missing."""
