@@ -105,6 +105,8 @@ def test_wheel_contents(wheel: Path) -> None:
         licence = archive.read(f"{dist_info}/licenses/LICENSE").decode()
     assert {f"service/entrypoints/{name}" for name in ENTRYPOINTS} <= names
     assert "service/proto/glimpse/v1/glimpse_pb2.pyi" in names
+    page = {f"service/web/static/{name}" for name in ("index.html", "app.js", "style.css")}
+    assert page <= names
     assert not any(name.startswith("tests/") for name in names)
     assert "License-Expression: Apache-2.0" in metadata
     assert "License-File: LICENSE" in metadata
