@@ -163,6 +163,8 @@ def test_installed_wheel_serves_a_prediction(
     with running(command, log, cwd=tmp_path, env=clean_env()) as process:
         wait_until_ok(f"{base}/ping", process, log)
         response = httpx.post(f"{base}/predictions/cnn", content=shapes_png, timeout=60)
+        page = httpx.get(f"{base}/ui/app.js", timeout=60)
+    assert page.status_code == 200 and "loadModels" in page.text  # the web page's files
     assert response.status_code == 200, response.text
     probabilities = response.json()
     assert isinstance(probabilities, dict) and set(probabilities) == set(CLASSES)
