@@ -1,9 +1,10 @@
 """Token auth and Host checks for both doors, in the spirit of TorchServe's token authorization.
 
 - A token (``GLIMPSE_AUTH_TOKEN``, or the file ``--auth-token-file`` names) protects every
-  HTTP route and RPC except ``/ping`` and ``grpc.health.v1.Health`` (and ``/metrics`` with
-  ``metrics_public``). HTTP sends ``Authorization: Bearer <token>``, gRPC the metadata
-  ``authorization: Bearer <token>``; the comparison runs in constant time.
+  HTTP route and RPC except ``/ping``, the web page (``/`` and ``/ui/*``) and
+  ``grpc.health.v1.Health`` (and ``/metrics`` with ``metrics_public``). HTTP sends
+  ``Authorization: Bearer <token>``, gRPC the metadata ``authorization: Bearer <token>``; the
+  comparison runs in constant time.
 - A non-loopback bind without a token gets one made at start (`prepare`), written to a 0600
   file whose path (never the token) is logged; ``no_auth`` turns that off.
 - A loopback bind answers only HTTP requests whose Host is a loopback name, so a web page whose
@@ -35,8 +36,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.config import ConfigError, Settings
 from service.errors import GlimpseError, MisdirectedRequest, Unauthorized
 from service.metrics import Metrics
+from service.web import OPEN_PATHS as PAGE_PATHS
+from service.web import OPEN_PREFIX as PAGE_PREFIX
 
-OPEN_PATHS = frozenset({"/ping"})  # health stays open for load balancers and HEALTHCHECK
+# Health stays open for load balancers and HEALTHCHECK; the web page (`/` and its static files
+# under PAGE_PREFIX) holds no data and must load before it can ask for the token.
+OPEN_PATHS = frozenset({"/ping"}) | PAGE_PATHS
 METRICS_PATH = "/metrics"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DEFAULT_TOKEN_FILE = Path("~/.glimpse/token")
@@ -131,7 +136,9 @@ def prepare(settings: Settings) -> Settings:
             settings.host,
         )
     else:
-        public = "/ping, gRPC health" + (", /metrics" if settings.metrics_public else "")
+        public = "/ping, the web page, gRPC health" + (
+            ", /metrics" if settings.metrics_public else ""
+        )
         log.info("token auth on both doors (open without it: %s)", public)
     return settings
 
@@ -264,7 +271,7 @@ class Guard:
                 "(DNS-rebinding protection): use http://127.0.0.1:<port>, or bind a "
                 "non-loopback --host, which requires a token"
             )
-        if self.token is None or path in self.open_paths:
+        if self.token is None or path in self.open_paths or path.startswith(PAGE_PREFIX):
             return None
         reason = bearer_refusal(
             authorization, self.token, "the header 'Authorization: Bearer <token>'"

@@ -2,7 +2,8 @@
 
 Routes: /ping, /models, /models/{name}, /predictions/{name}, /explanations/{name},
 /heatmaps/{name}, /metrics. Errors are `{"code", "message"}` with the status
-their GlimpseError carries; nothing a client sends yields a 500.
+their GlimpseError carries; nothing a client sends yields a 500. The web page at `/` and its
+files under `/ui/` come from service.web.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from service.management import add_management_routes
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE, Metrics
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.results import Explanation, ImageResult, MapResult, RowResult, TargetMaps
+from service.web import add_page_routes
 
 ROUTE_PARAMS = {"methods", "method", "target", "overlay", "format"}
 
@@ -128,6 +130,8 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
 
     if settings.enable_management:
         add_management_routes(app, settings, runtime)
+
+    add_page_routes(app)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:

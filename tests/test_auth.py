@@ -114,6 +114,21 @@ def test_ping_is_open_and_metrics_protected(protected: TestClient) -> None:
     assert protected.get("/metrics", headers=BEARER).status_code == 200
 
 
+def test_the_web_page_loads_without_a_token(protected: TestClient) -> None:
+    """The page and its files hold no data and must load before they can ask for the token;
+    a path under /ui/ that names no file there is a 404, never another route."""
+    page = protected.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        answer = protected.get(f"/ui/{name}")
+        assert answer.status_code == 200 and kind in answer.headers["content-type"]
+    assert protected.get("/ui/models").status_code == 404
+    assert protected.get("/ui/__init__.py").status_code == 404
+    assert protected.get("/models").status_code == 401
+
+
 def test_401s_are_counted_in_the_metrics(protected: TestClient) -> None:
     assert protected.get("/models").status_code == 401
     text = protected.get("/metrics", headers=BEARER).text

@@ -105,6 +105,8 @@ def test_wheel_contents(wheel: Path) -> None:
         licence = archive.read(f"{dist_info}/licenses/LICENSE").decode()
     assert {f"service/entrypoints/{name}" for name in ENTRYPOINTS} <= names
     assert "service/proto/glimpse/v1/glimpse_pb2.pyi" in names
+    page = {f"service/web/static/{name}" for name in ("index.html", "app.js", "style.css")}
+    assert page <= names
     assert not any(name.startswith("tests/") for name in names)
     assert "License-Expression: Apache-2.0" in metadata
     assert "License-File: LICENSE" in metadata
@@ -161,6 +163,8 @@ def test_installed_wheel_serves_a_prediction(
     with running(command, log, cwd=tmp_path, env=clean_env()) as process:
         wait_until_ok(f"{base}/ping", process, log)
         response = httpx.post(f"{base}/predictions/cnn", content=shapes_png, timeout=60)
+        page = httpx.get(f"{base}/ui/app.js", timeout=60)
+    assert page.status_code == 200 and "loadModels" in page.text  # the web page's files
     assert response.status_code == 200, response.text
     probabilities = response.json()
     assert isinstance(probabilities, dict) and set(probabilities) == set(CLASSES)
