@@ -29,6 +29,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise BadInput("the image is empty: send the image file's bytes as the body")
     try:
         with warnings.catch_warnings():
+            # Pillow warns about what it can read past (corrupt EXIF, odd chunks): not errors.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size

@@ -286,12 +286,12 @@ def _read_value(column: Column, value: Any, row: int) -> Any:
     if column.type == "continuous":
         if value is None or value == "":
             return math.nan
-        if isinstance(value, bool | int | float | np.number):
-            return float(value)
         try:
-            return float(value)  # numeric strings, as a CSV holds them
+            return float(value)  # numbers, and numeric strings as a CSV holds them
         except (TypeError, ValueError):
             raise SchemaError(f"{where} must be a number, got {value!r}") from None
+        except OverflowError:  # a JSON integer of more than 308 digits
+            raise SchemaError(f"{where} is too large: send a number below 1.8e308") from None
     if column.type == "categorical":
         try:
             return category_key(value)

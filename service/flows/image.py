@@ -5,6 +5,7 @@ Example: ``await ImageFlow("cnn", handler).predict(call, [Payload(png_bytes)])``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,7 +90,7 @@ class ImageFlow:
         for name in (part.strip() for part in target.split(",")):
             if name in classes:
                 indices.append(classes.index(name))
-            elif name.isdigit() and int(name) < len(classes):
+            elif _small_index(name) < len(classes):
                 indices.append(int(name))
             else:
                 raise SchemaError(
@@ -125,6 +126,12 @@ class ImageFlow:
                 per_target.append(TargetMaps(target, maps))
             results.append(ImageResult(predictions[i], per_target))
         return results
+
+
+def _small_index(name: str) -> int | float:
+    """`name` as a class index when it is a few ASCII digits, else infinity ("²" passes
+    str.isdigit() and 5000 digits pass it too; int() refuses both)."""
+    return int(name) if name.isascii() and name.isdigit() and len(name) < 10 else math.inf
 
 
 def _map(
