@@ -72,7 +72,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode -> RGB; alpha is composited on white, 16/32-bit greys are rescaled to 8 bits."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         grey = np.asarray(image, dtype=np.float64)
-        low, high = float(grey.min()), float(grey.max())
+        finite = grey[np.isfinite(grey)]  # a float image may hold NaN and infinities
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        grey = np.nan_to_num(grey, nan=low, posinf=high, neginf=low)
         scaled = (grey - low) / (high - low) * 255 if high > low else np.zeros_like(grey)
         return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
