@@ -30,6 +30,7 @@ from service.lifecycle import Lifecycle
 from service.limits import Gate
 from service.management import add_management_routes
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE, Metrics
+from service.openapi import EXPLAIN_QUERY, HEATMAP_QUERY, INPUT_BODY
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.results import Explanation, ImageResult, MapResult, RowResult, TargetMaps
 from service.web import add_page_routes
@@ -97,7 +98,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         """One model's kind, classes or target, input schema and explanation methods."""
         return runtime.get(name).describe()
 
-    @app.post("/predictions/{name}")
+    @app.post("/predictions/{name}", openapi_extra=INPUT_BODY)
     async def predictions(name: str, request: Request) -> Any:
         """Image bytes (raw body or multipart `data`) or JSON rows -> what TorchServe answers:
         an image's top classes, or a list with one predicted value per row."""
@@ -106,7 +107,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         results = await pipeline.predict(PredictRequest(name, inputs))
         return FastJSON(results[0])
 
-    @app.post("/explanations/{name}")
+    @app.post("/explanations/{name}", openapi_extra={**INPUT_BODY, **EXPLAIN_QUERY})
     async def explanations(name: str, request: Request) -> Any:
         """Prediction + maps or attributions; `methods=a,b`, `target=`, method parameters."""
         runtime.get(name)
@@ -114,7 +115,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         results, timings = await pipeline.explain(explain_request(name, inputs, request))
         return FastJSON(explanation_body(name, results, timings))
 
-    @app.post("/heatmaps/{name}")
+    @app.post("/heatmaps/{name}", openapi_extra={**INPUT_BODY, **HEATMAP_QUERY})
     async def heatmaps(name: str, request: Request) -> Response:
         """Image in, the overlay of the same size out (`method=activation` by default), as
         `format=png` (default), `jpeg` or `webp`."""

@@ -48,6 +48,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise BadInput("the image is empty: send the image file's bytes as the body")
     try:
         with warnings.catch_warnings():
+            # Pillow warns about what it can read past (corrupt EXIF, odd chunks): not errors.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
@@ -95,7 +97,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode -> RGB; alpha is composited on white, 16/32-bit greys are rescaled to 8 bits."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         grey = np.asarray(image, dtype=np.float64)
-        low, high = float(grey.min()), float(grey.max())
+        finite = grey[np.isfinite(grey)]  # a float image may hold NaN and infinities
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        grey = np.nan_to_num(grey, nan=low, posinf=high, neginf=low)
         scaled = (grey - low) / (high - low) * 255 if high > low else np.zeros_like(grey)
         return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:

@@ -288,8 +288,10 @@ def _read_value(column: Column, value: Any, row: int) -> Any:
             return math.nan
         try:
             number = float(value)  # numbers, and numeric strings as a CSV holds them
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError):
             raise SchemaError(f"{where} must be a number, got {value!r}") from None
+        except OverflowError:  # a JSON integer of more than 308 digits
+            raise SchemaError(f"{where} is too large: send a number below 1.8e308") from None
         if not math.isfinite(number):
             raise SchemaError(
                 f"{where} must be a finite number, got {value!r}: send null (or leave the "

@@ -5,6 +5,7 @@ Example: ``await ImageFlow("cnn", handler).predict(call, [Payload(png_bytes)])``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,7 @@ class ImageFlow:
         for name in (part.strip() for part in target.split(",")):
             if name in classes:
                 indices.append(classes.index(name))
-            elif name.isdigit() and int(name) < len(classes):
+            elif _small_index(name) < len(classes):
                 indices.append(int(name))
             else:
                 raise SchemaError(
@@ -150,6 +151,12 @@ class _OverlayBase:
     picture: Image.Image
     box: tuple[float, float, float, float]
     scale: float
+
+
+def _small_index(name: str) -> int | float:
+    """`name` as a class index when it is a few ASCII digits, else infinity ("²" passes
+    str.isdigit() and 5000 digits pass it too; int() refuses both)."""
+    return int(name) if name.isascii() and name.isdigit() and len(name) < 10 else math.inf
 
 
 def _map(
