@@ -36,7 +36,8 @@ from service.config import ConfigError, Settings
 from service.errors import GlimpseError, MisdirectedRequest, Unauthorized
 from service.metrics import Metrics
 
-OPEN_PATHS = frozenset({"/ping"})  # health stays open for load balancers and HEALTHCHECK
+# health stays open for load balancers and HEALTHCHECK (and Open Inference Protocol probes)
+OPEN_PATHS = frozenset({"/ping", "/v2/health/live", "/v2/health/ready"})
 METRICS_PATH = "/metrics"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DEFAULT_TOKEN_FILE = Path("~/.glimpse/token")
