@@ -21,6 +21,7 @@ from PIL import Image
 from service.config import Settings
 from service.http import create_app
 from service.pipeline import Pipeline
+from service.proto.inference import grpc_service_pb2 as ipb
 from service.proto.inference import grpc_service_pb2_grpc as ipb_grpc
 from service.runtime import Runtime
 from tests.helpers import LOCAL, ROWS, png, random_image
@@ -490,3 +491,148 @@ def test_v2_routes_are_labelled_by_template_in_metrics(http: TestClient) -> None
     text = http.get("/metrics").text
     assert 'route="/v2/models/{name}"' in text
     assert 'route="/v1/models/{name}:predict"' in text
+
+
+# -- v2 gRPC ---------------------------------------------------------------------------------------
+def test_grpc_health_and_metadata(
+    stub: ipb_grpc.GRPCInferenceServiceStub, http: TestClient
+) -> None:
+    assert stub.ServerLive(ipb.ServerLiveRequest()).live
+    assert stub.ServerReady(ipb.ServerReadyRequest()).ready
+    assert stub.ModelReady(ipb.ModelReadyRequest(name="cnn")).ready
+    meta = stub.ServerMetadata(ipb.ServerMetadataRequest())
+    assert meta.name == "glimpse" and "binary_tensor_data" in meta.extensions
+    model = stub.ModelMetadata(ipb.ModelMetadataRequest(name="cnn"))
+    assert model.name == "cnn" and [i.name for i in model.inputs] == ["image", "tensor"]
+    outputs = {o.name: list(o.shape) for o in model.outputs}
+    assert outputs["probabilities"] == [-1, len(classes(http))]
+
+
+def test_grpc_infer_images_from_raw_contents(
+    stub: ipb_grpc.GRPCInferenceServiceStub, http: TestClient, pictures: list[bytes]
+) -> None:
+    image = ipb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[3, 1])
+    request = ipb.ModelInferRequest(
+        model_name="cnn", id="g1", inputs=[image], raw_input_contents=[bytes_tensor(pictures)]
+    )
+    answer = stub.ModelInfer(request)
+    assert answer.id == "g1" and [o.name for o in answer.outputs] == ["probabilities", "labels"]
+    assert list(answer.outputs[0].shape) == [3, len(classes(http))]
+    probabilities = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(3, -1)
+    assert_probabilities(http, pictures, probabilities)
+    labels = [label.decode() for label in split_bytes(answer.raw_output_contents[1])]
+    assert labels == [classes(http)[int(i)] for i in probabilities.argmax(axis=1)]
+
+
+def test_grpc_infer_typed_contents_and_explain(
+    stub: ipb_grpc.GRPCInferenceServiceStub, http: TestClient, pictures: list[bytes]
+) -> None:
+    image = ipb.ModelInferRequest.InferInputTensor(
+        name="image",
+        datatype="BYTES",
+        shape=[1],
+        contents=ipb.InferTensorContents(bytes_contents=[pictures[0]]),
+    )
+    request = ipb.ModelInferRequest(
+        model_name="cnn",
+        inputs=[image],
+        parameters={"explain": ipb.InferParameter(string_param="activation")},
+        outputs=[ipb.ModelInferRequest.InferRequestedOutputTensor(name="explanation")],
+    )
+    answer = stub.ModelInfer(request)
+    assert [o.name for o in answer.outputs] == ["explanation"]
+    shape = list(answer.outputs[0].shape)
+    grid = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(shape)[0]
+    own = http.post(
+        "/explanations/cnn?methods=activation&overlay=false",
+        content=pictures[0],
+        headers={"content-type": "image/png"},
+    ).json()["explanations"]["activation"]
+    assert np.allclose(grid, np.array(own["values"]), atol=1e-5)
+
+
+def test_grpc_infer_tabular_columns(
+    stub: ipb_grpc.GRPCInferenceServiceStub, http: TestClient
+) -> None:
+    rows = [ROWS[0], ROWS[1]]
+    inputs, raw = [], []
+    for item in column_inputs(http, rows):
+        tensor = ipb.ModelInferRequest.InferInputTensor(
+            name=item["name"], datatype=item["datatype"], shape=item["shape"]
+        )
+        inputs.append(tensor)
+        if item["datatype"] == "BYTES":
+            raw.append(bytes_tensor([str(v).encode() for v in item["data"]]))
+        else:
+            raw.append(np.array(item["data"], dtype="<f8").tobytes())
+    request = ipb.ModelInferRequest(model_name="tabular", inputs=inputs, raw_input_contents=raw)
+    answer = stub.ModelInfer(request)
+    predictions = np.frombuffer(answer.raw_output_contents[0], dtype="<f8")
+    expected = http.post("/predictions/tabular", json=finite_rows()[:2]).json()
+    assert np.allclose(predictions, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "says"),
+    [
+        (ipb.ModelInferRequest(model_name="nope"), grpc.StatusCode.NOT_FOUND, "no model named"),
+        (
+            ipb.ModelInferRequest(
+                model_name="cnn",
+                inputs=[
+                    ipb.ModelInferRequest.InferInputTensor(
+                        name="image", datatype="BYTES", shape=[2]
+                    )
+                ],
+                raw_input_contents=[b"\x05\x00\x00\x00ab"],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "says 5 bytes",
+        ),
+        (
+            ipb.ModelInferRequest(
+                model_name="cnn",
+                inputs=[
+                    ipb.ModelInferRequest.InferInputTensor(
+                        name="t", datatype="FP16", shape=[1, 3, 2, 2]
+                    )
+                ],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "raw_input_contents",
+        ),
+    ],
+)
+def test_grpc_errors_are_status_codes(
+    stub: ipb_grpc.GRPCInferenceServiceStub,
+    request_: ipb.ModelInferRequest,
+    code: grpc.StatusCode,
+    says: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ModelInfer(request_)
+    assert raised.value.code() == code and says in raised.value.details()
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.ModelMetadata(ipb.ModelMetadataRequest(name="nope"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_grpc_metrics_are_labelled_by_rpc(
+    stub: ipb_grpc.GRPCInferenceServiceStub, pipeline: Pipeline
+) -> None:
+    stub.ServerLive(ipb.ServerLiveRequest())
+    text = pipeline.metrics.render().decode()
+    assert 'route="/inference.GRPCInferenceService/ServerLive"' in text
+
+
+def test_grpc_infer_needs_the_token(settings: Settings, pipeline: Pipeline) -> None:
+    with (
+        grpc_server(dataclasses.replace(settings, auth_token=TOKEN), pipeline) as address,
+        grpc.insecure_channel(address) as channel,
+    ):
+        guarded = ipb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            guarded.ServerMetadata(ipb.ServerMetadataRequest())
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        metadata = [("authorization", f"Bearer {TOKEN}")]
+        assert guarded.ServerMetadata(ipb.ServerMetadataRequest(), metadata=metadata).name
