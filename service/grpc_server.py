@@ -55,12 +55,13 @@ async def start_grpc(settings: Settings, pipeline: Pipeline) -> grpc.aio.Server:
     pb_grpc.add_GlimpseServicer_to_server(GlimpseServicer(pipeline), server)
     from service.oip_grpc import add_inference_service  # it builds on this module's servicer
 
-    add_inference_service(pipeline, server)  # inference.GRPCInferenceService (Open Inference)
+    inference = add_inference_service(pipeline, server)  # Open Inference Protocol v2
     live_health = LiveHealth(pipeline, (SERVICE,))
     await live_health.refresh()
     health_pb2_grpc.add_HealthServicer_to_server(live_health.servicer, server)
     names = (
         SERVICE,
+        inference,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )

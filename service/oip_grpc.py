@@ -43,9 +43,11 @@ CONTENTS = {
 }
 
 
-def add_inference_service(pipeline: Pipeline, server: grpc.aio.Server) -> None:
-    """Register `inference.GRPCInferenceService` onto `pipeline` on `server`."""
+def add_inference_service(pipeline: Pipeline, server: grpc.aio.Server) -> str:
+    """Register `inference.GRPCInferenceService` onto `pipeline` on `server`; its full name
+    (for reflection)."""
     ipb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(pipeline), server)
+    return str(SERVICE)
 
 
 class _Calls(GlimpseServicer):

@@ -48,8 +48,14 @@ def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def stub(settings: Settings, pipeline: Pipeline) -> Iterator[ipb_grpc.GRPCInferenceServiceStub]:
-    with grpc_server(settings, pipeline) as address, grpc.insecure_channel(address) as channel:
+def address_of(settings: Settings, pipeline: Pipeline) -> Iterator[str]:
+    with grpc_server(settings, pipeline) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def stub(address_of: str) -> Iterator[ipb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(address_of) as channel:
         yield ipb_grpc.GRPCInferenceServiceStub(channel)
 
 
@@ -636,3 +642,14 @@ def test_grpc_infer_needs_the_token(settings: Settings, pipeline: Pipeline) -> N
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         metadata = [("authorization", f"Bearer {TOKEN}")]
         assert guarded.ServerMetadata(ipb.ServerMetadataRequest(), metadata=metadata).name
+
+
+def test_grpc_reflection_lists_the_inference_service(address_of: str) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(address_of) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        answer = next(iter(stub.ServerReflectionInfo(iter([request]))))
+    names = [s.name for s in answer.list_services_response.service]
+    assert "inference.GRPCInferenceService" in names and "glimpse.v1.Glimpse" in names
