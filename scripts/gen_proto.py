@@ -1,8 +1,8 @@
-"""Generate the Python gRPC stubs for proto/glimpse/v1/glimpse.proto into service/proto/.
+"""Generate the Python gRPC stubs for the protos under proto/ into service/proto/.
 
 `make proto` runs this; tests/test_grpc_stubs.py checks the checked-in stubs match a fresh
-run. protoc writes `from glimpse.v1 import glimpse_pb2`; the stubs live in the package
-`service.proto.glimpse.v1`, so that import is rewritten.
+run. protoc writes `from glimpse.v1 import glimpse_pb2` (and `from inference import ...`); the
+stubs live in the package `service.proto`, so those imports are rewritten.
 
 Example: ``python scripts/gen_proto.py [OUT_DIR]`` (default: service/proto)
 """
@@ -18,9 +18,14 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PROTOS = ["glimpse/v1/glimpse.proto"]
+PROTOS = ["glimpse/v1/glimpse.proto", "inference/grpc_service.proto"]
 PACKAGE = "service.proto"
-PACKAGES = ["", "glimpse", "glimpse/v1"]  # __init__.py files under the output directory
+PACKAGES = [
+    "",
+    "glimpse",
+    "glimpse/v1",
+    "inference",
+]  # __init__.py files under the output directory
 
 
 def generate(out: Path) -> list[Path]:
@@ -53,8 +58,10 @@ def generate(out: Path) -> list[Path]:
 
 
 def fix_imports(source: str) -> str:
-    """`from glimpse.v1 import x` -> `from service.proto.glimpse.v1 import x`."""
-    return re.sub(r"^from glimpse\.", f"from {PACKAGE}.glimpse.", source, flags=re.MULTILINE)
+    """`from glimpse.v1 import x` -> `from service.proto.glimpse.v1 import x` (and inference)."""
+    return re.sub(
+        r"^from (glimpse\.|inference )", rf"from {PACKAGE}.\1", source, flags=re.MULTILINE
+    )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,10 @@ from service.metrics import Metrics
 from service.web import OPEN_PATHS as PAGE_PATHS
 from service.web import OPEN_PREFIX as PAGE_PREFIX
 
-# Health stays open for load balancers and HEALTHCHECK; the web page (`/` and its static files
-# under PAGE_PREFIX) holds no data and must load before it can ask for the token.
-OPEN_PATHS = frozenset({"/ping"}) | PAGE_PATHS
+# Health stays open for load balancers, HEALTHCHECK and Open Inference Protocol probes; the web
+# page (`/` and its static files under PAGE_PREFIX) holds no data and must load before it can
+# ask for the token.
+OPEN_PATHS = frozenset({"/ping", "/v2/health/live", "/v2/health/ready"}) | PAGE_PATHS
 METRICS_PATH = "/metrics"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DEFAULT_TOKEN_FILE = Path("~/.glimpse/token")

@@ -53,11 +53,15 @@ async def start_grpc(settings: Settings, pipeline: Pipeline) -> grpc.aio.Server:
         ],
     )
     pb_grpc.add_GlimpseServicer_to_server(GlimpseServicer(pipeline), server)
+    from service.oip_grpc import add_inference_service  # it builds on this module's servicer
+
+    inference = add_inference_service(pipeline, server)  # Open Inference Protocol v2
     live_health = LiveHealth(pipeline, (SERVICE,))
     await live_health.refresh()
     health_pb2_grpc.add_HealthServicer_to_server(live_health.servicer, server)
     names = (
         SERVICE,
+        inference,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
@@ -84,6 +88,8 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 class GlimpseServicer(pb_grpc.GlimpseServicer):
     """Each RPC decodes its request, calls the pipeline and encodes the result; no more."""
+
+    service = SERVICE  # the service name in the metrics' route label
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
@@ -240,7 +246,7 @@ class GlimpseServicer(pb_grpc.GlimpseServicer):
             model = models[0] if models else ""
             self.metrics.observe_request(
                 model,
-                f"/{SERVICE}/{method}",
+                f"/{self.service}/{method}",
                 "grpc",
                 outcome["code"],
                 time.perf_counter() - started,

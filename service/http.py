@@ -133,6 +133,9 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         add_management_routes(app, settings, runtime)
 
     add_page_routes(app)
+    from service.oip_http import oip_router  # it reads this module's encoders: imported here
+
+    app.include_router(oip_router(settings, pipeline))  # Open Inference Protocol v2, KServe v1
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
@@ -330,9 +333,9 @@ class ObserveRequests:
 class AdmitRequests:
     """ASGI middleware: count each request in flight for the drain and, once the drain
     refuses new work, answer 503 `draining` (with `Connection: close`). `/ping` and
-    `/metrics` stay open: they are how the outside watches the drain."""
+    `/metrics` (and v2 health) stay open: they are how the outside watches the drain."""
 
-    OPEN = frozenset({"/ping", "/metrics"})
+    OPEN = frozenset({"/ping", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
     def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
         self.app = app

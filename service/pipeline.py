@@ -13,14 +13,14 @@ from typing import Any
 
 from service.errors import BadInput, SchemaError
 from service.explain import REGISTRY, Explainer, build
-from service.flows import Call, ExplainRequest, Payload, PredictRequest
+from service.flows import Call, ExplainRequest, Payload, PredictRequest, Tensor
 from service.lifecycle import Health, Lifecycle
 from service.limits import DEFAULT_LIMITS, Gate, Limits
 from service.results import Explanation, MapResult, Prediction
 from service.runtime import Model, Runtime
 from service.timing import Timings
 
-__all__ = ["ExplainRequest", "Payload", "Pipeline", "PredictRequest", "split_params"]
+__all__ = ["ExplainRequest", "Payload", "Pipeline", "PredictRequest", "Tensor", "split_params"]
 
 
 class Pipeline:
@@ -59,7 +59,8 @@ class Pipeline:
         with self.runtime.get(request.model).in_use() as model:
             self._check_inputs(request.inputs)
             call = self._call(model, request.timeout)
-            return await call.within(model.flow.predict(call, request.inputs))
+            work = model.flow.predict(call, request.inputs, request.all_classes)
+            return await call.within(work)
 
     async def explain(
         self, request: ExplainRequest

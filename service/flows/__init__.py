@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from service.flows.base import Call, ExplainRequest, Flow, Payload, PredictRequest
+from service.flows.base import Call, ExplainRequest, Flow, Payload, PredictRequest, Tensor
 from service.flows.image import ImageFlow
 from service.flows.tabular import TabularFlow
 from service.handlers.base import GlimpseHandler
 from service.handlers.image import ImageHandler
 from service.handlers.tabular import TabularHandler
 
-__all__ = ["Call", "ExplainRequest", "Flow", "Payload", "PredictRequest", "flow_for"]
+__all__ = ["Call", "ExplainRequest", "Flow", "Payload", "PredictRequest", "Tensor", "flow_for"]
 
 
 def flow_for(name: str, handler: GlimpseHandler) -> Flow:

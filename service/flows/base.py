@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
 from service.encode import FORMATS
 from service.errors import DeadlineExceeded, OverBudget, SchemaError
 from service.explain import Explainer
@@ -36,10 +38,19 @@ CODEC_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glimpse-codec
 @dataclass(frozen=True)
 class Payload:
     """One input as a door received it: raw bytes (an image file, a JSON body) with the
-    content type the client declared ("" when the door has none), or an already decoded row."""
+    content type the client declared ("" when the door has none), an already decoded row, or
+    an image already preprocessed to the model's input (a `Tensor`: no decode, no resize)."""
 
-    data: bytes | Mapping[str, Any]
+    data: bytes | Mapping[str, Any] | Tensor
     content_type: str = ""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One image as the model takes it, already preprocessed: float32 [3, H, W] (the Open
+    Inference Protocol's FP32 input). Example: ``Payload(Tensor(np.zeros((3, 64, 64))))``"""
+
+    values: np.ndarray
 
 
 @dataclass
@@ -47,6 +58,7 @@ class PredictRequest:
     model: str
     inputs: list[Payload]
     timeout: float | None = None  # seconds the client allows (a gRPC deadline); None: no own
+    all_classes: bool = False  # an image's prediction lists every class, not just the top 5
 
 
 @dataclass
@@ -59,6 +71,7 @@ class ExplainRequest:
     overlay: bool = True  # include overlay pictures
     overlay_format: str = "png"  # one of service.encode.FORMATS
     timeout: float | None = None  # seconds the client allows (a gRPC deadline); None: no own
+    all_classes: bool = False  # an image's prediction lists every class, not just the top 5
 
     def __post_init__(self) -> None:
         if self.overlay_format not in FORMATS:
@@ -174,8 +187,11 @@ class Flow(Protocol):
         """One answer (or exception) per (job, seconds waited), in order."""
         ...
 
-    async def predict(self, call: Call, payloads: list[Payload]) -> Sequence[Prediction]:
-        """One answer per payload, as the handler answers inside TorchServe."""
+    async def predict(
+        self, call: Call, payloads: list[Payload], all_classes: bool = False
+    ) -> Sequence[Prediction]:
+        """One answer per payload, as the handler answers inside TorchServe (with
+        `all_classes`, an image's answer lists every class instead of the top 5)."""
         ...
 
     async def explain(

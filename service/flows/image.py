@@ -6,7 +6,7 @@ Example: ``await ImageFlow("cnn", handler).predict(call, [Payload(png_bytes)])``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,9 @@ from service.encode import encode
 from service.errors import BadInput, SchemaError, UnsupportedMediaType
 from service.explain import Attribution, Explainer
 from service.explain.base import ModelInput
-from service.flows.base import Call, ExplainRequest, Payload, run_batch
+from service.flows.base import Call, ExplainRequest, Payload, Tensor, run_batch
 from service.flows.image_batch import ImageAnswer, ImageJob, answer_batch
-from service.handlers.image import ImageHandler
+from service.handlers.image import TOP_K, ImageHandler
 from service.results import ImageResult, MapResult, Target, TargetMaps
 
 
@@ -35,10 +35,17 @@ class ImageFlow:
     def process(self, batch: Sequence[tuple[ImageJob, float]]) -> list[Any]:
         return run_batch(batch, lambda jobs: answer_batch(self.handler, self.name, jobs))
 
-    async def predict(self, call: Call, payloads: list[Payload]) -> list[dict[str, float]]:
+    async def predict(
+        self, call: Call, payloads: list[Payload], all_classes: bool = False
+    ) -> list[dict[str, float]]:
         inputs, _ = await call.in_thread("decode", lambda: self.decode(payloads))
         answer: ImageAnswer = await call.queued(ImageJob(call, inputs))
-        return self.handler.top_classes(answer.probabilities)
+        return self.top_classes(answer.probabilities, all_classes)
+
+    def top_classes(self, probabilities: torch.Tensor, all_classes: bool) -> list[dict[str, float]]:
+        """Each input's top 5 classes (TorchServe's answer), or with `all_classes` every one."""
+        k = probabilities.shape[1] if all_classes else TOP_K
+        return self.handler.top_classes(probabilities, k)
 
     async def explain(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
@@ -54,7 +61,12 @@ class ImageFlow:
         return await call.in_thread(
             "encode",
             lambda: self.encode(
-                images, answer, explainers, overlay, call.limits.max_overlay_pixels
+                images,
+                answer,
+                explainers,
+                overlay,
+                call.limits.max_overlay_pixels,
+                request.all_classes,
             ),
         )
 
@@ -65,10 +77,39 @@ class ImageFlow:
         return results[0].targets[0].maps[0]
 
     # -- the stages ---------------------------------------------------------------------------
-    def decode(self, payloads: list[Payload]) -> tuple[torch.Tensor, list[Image.Image]]:
-        """Payloads -> the model's input batch [N, 3, H, W] and the decoded RGB images."""
-        images = [self._image(i, payload) for i, payload in enumerate(payloads)]
-        return self.handler.preprocess(images), images
+    def decode(self, payloads: list[Payload]) -> tuple[torch.Tensor, list[Image.Image | None]]:
+        """Payloads -> the model's input batch [N, 3, H, W] and the decoded RGB images (None
+        for an input sent as an already preprocessed `Tensor`: it has no picture)."""
+        images = [
+            None if isinstance(p.data, Tensor) else self._image(i, p)
+            for i, p in enumerate(payloads)
+        ]
+        decoded = [image for image in images if image is not None]
+        if len(decoded) == len(images):  # files only: the batch exactly as TorchServe's
+            return self.handler.preprocess(decoded), images
+        preprocessed: Iterator[torch.Tensor] = iter(
+            self.handler.preprocess(decoded) if decoded else []
+        )
+        rows = [
+            next(preprocessed) if image is not None else self._tensor(i, payload)
+            for i, (payload, image) in enumerate(zip(payloads, images, strict=True))
+        ]
+        return torch.stack(rows), images
+
+    def _tensor(self, index: int, payload: Payload) -> torch.Tensor:
+        """A preprocessed input, checked against the model's input shape [3, H, W]."""
+        assert isinstance(payload.data, Tensor)
+        values = payload.data.values
+        expected = (3, *self.handler.size)
+        if tuple(values.shape) != expected:
+            raise SchemaError(
+                f"input {index}: {self.name} takes preprocessed images of shape "
+                f"{list(expected)} (channels, height, width), not {list(values.shape)}; or send "
+                "the encoded image file instead"
+            )
+        if not np.isfinite(values).all():
+            raise BadInput(f"input {index}: the tensor holds NaN or infinite values")
+        return torch.tensor(values, dtype=torch.float32)  # a copy: the wire buffer is read-only
 
     def _image(self, index: int, payload: Payload) -> Image.Image:
         if isinstance(payload.data, Mapping):
@@ -106,20 +147,24 @@ class ImageFlow:
 
     def encode(
         self,
-        images: list[Image.Image],
+        images: list[Image.Image | None],
         answer: ImageAnswer,
         explainers: dict[str, Explainer],
         overlay: str | None,
         max_overlay_pixels: int | None = None,
+        all_classes: bool = False,
     ) -> list[ImageResult]:
-        """Per image: its top classes, and for each target every method's normalised map,
-        with its overlay encoded as `overlay` (a format of service.encode; None: no overlay),
-        at the image's size or scaled down to `max_overlay_pixels` (None: no limit)."""
+        """Per image: its top classes (every class with `all_classes`), and for each target
+        every method's normalised map, with its overlay encoded as `overlay` (a format of
+        service.encode; None: no overlay), at the image's size or scaled down to
+        `max_overlay_pixels` (None: no limit). An input sent as a tensor has no overlay."""
         probabilities = answer.probabilities
-        predictions = self.handler.top_classes(probabilities)
+        predictions = self.top_classes(probabilities, all_classes)
         results = []
         for i, image in enumerate(images):
-            base = self._overlay_base(image, max_overlay_pixels) if overlay else None
+            base = None
+            if overlay is not None and image is not None:
+                base = self._overlay_base(image, max_overlay_pixels)
             per_target = []
             for run in answer.runs:
                 index = int(run.targets[i])

@@ -14,7 +14,7 @@ from typing import Any
 from service.errors import BadInput, DeadlineExceeded, UnsupportedMediaType
 from service.explain import Explainer
 from service.explain.base import ModelInput
-from service.flows.base import Call, ExplainRequest, Job, Payload, run_batch
+from service.flows.base import Call, ExplainRequest, Job, Payload, Tensor, run_batch
 from service.handlers.tabular import Row, TabularHandler
 from service.results import MapResult, RowResult
 
@@ -37,7 +37,9 @@ class TabularFlow:
     def process(self, batch: Sequence[tuple[TabularJob, float]]) -> list[Any]:
         return run_batch(batch, self._answer)
 
-    async def predict(self, call: Call, payloads: list[Payload]) -> list[list[float]]:
+    async def predict(
+        self, call: Call, payloads: list[Payload], all_classes: bool = False
+    ) -> list[list[float]]:
         """Per payload, the predicted value of each of its rows (what TorchServe answers)."""
         requests = await call.in_thread("decode", lambda: self.decode(payloads))
         call.limits.check_rows(sum(len(rows) for rows in requests))
@@ -140,6 +142,8 @@ class TabularFlow:
 
     def _rows(self, index: int, payload: Payload) -> list[Row]:
         content_type = payload.content_type
+        if isinstance(payload.data, Tensor):
+            raise BadInput(f"input {index}: {self.name} is a tabular model; send rows, not images")
         if not isinstance(payload.data, Mapping) and content_type not in ("application/json", ""):
             raise UnsupportedMediaType(
                 f"input {index}: {self.name} is a tabular model; send rows as application/json, "
