@@ -73,6 +73,9 @@ def category_key(value: Any) -> str | None:
     raise TypeError(f"{value!r} is not a category")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _natural(key: str) -> tuple[int, float, str]:
     """Sort numbers numerically before words alphabetically."""
     try:
@@ -297,6 +300,8 @@ def _read_value(column: Column, value: Any, row: int) -> Any:
                 f"{where} must be a finite number, got {value!r}: send null (or leave the "
                 "column out) for a missing value"
             )
+        if abs(number) > FLOAT32_MAX:  # the model computes in float32
+            raise SchemaError(f"{where} is too large: send a number below 3.4e38")
         return number
     if column.type == "categorical":
         if isinstance(value, float | np.floating) and not math.isfinite(value):

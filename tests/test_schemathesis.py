@@ -41,6 +41,16 @@ OPERATIONS = [
     ("GET", "/metrics"),
     ("POST", "/models"),
     ("DELETE", "/models/{name}"),
+    # Open Inference Protocol v2 and KServe v1 (service/oip_http.py)
+    ("GET", "/v2"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2/models/{name}"),
+    ("GET", "/v2/models/{name}/ready"),
+    ("POST", "/v2/models/{name}/infer"),
+    ("GET", "/v1/models/{name}"),
+    ("POST", "/v1/models/{name}:predict"),
+    ("POST", "/v1/models/{name}:explain"),
 ]
 # `{name}`: a served model three times in four (else the generated name: mostly a 404).
 MODEL_NAMES = st.sampled_from(["cnn", "tabular", "cnn", "tabular", "cnn", "tabular", None, None])
