@@ -64,3 +64,19 @@ def tabular_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("tabular_store")
     config = TabularConfig(out=store, epochs=1, n_stores=5, years=1, layers=(32, 16), gbm=False)
     return train_tabular(config)
+
+
+# -- both models behind both doors, one pipeline per test module (test_grpc, test_oip, ...) ----
+@pytest.fixture(scope="module")
+def pipeline(cnn_archive: Path, tabular_archive: Path, settings: Settings) -> Iterator[Pipeline]:
+    runtime = Runtime.load(
+        [cnn_archive, tabular_archive], max_image_pixels=settings.max_image_pixels
+    )
+    yield Pipeline(runtime)
+    runtime.close()
+
+
+@pytest.fixture(scope="module")
+def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
+        yield client

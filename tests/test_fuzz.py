@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,7 +29,6 @@ from service.http import create_app
 from service.pipeline import Pipeline
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
-from service.runtime import Runtime
 from tests import strategies as fuzz
 from tests.helpers import LOCAL, ROW
 from tests.servers.grpc_inprocess import grpc_server
@@ -68,15 +66,6 @@ def fuzz_settings(examples: int) -> settings:
 
 
 # -- one pipeline, two doors -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipeline(cnn_archive: Path, tabular_archive: Path, settings: Settings) -> Iterator[Pipeline]:
-    runtime = Runtime.load(
-        [cnn_archive, tabular_archive], max_image_pixels=settings.max_image_pixels
-    )
-    yield Pipeline(runtime)
-    runtime.close()
-
-
 @pytest.fixture(scope="module")
 def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
     app = create_app(settings, pipeline)

@@ -27,33 +27,16 @@ from PIL import Image
 from service import client as glimpse_client
 from service.config import Settings
 from service.explain import methods_for
-from service.http import create_app
 from service.pipeline import Pipeline
 from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
-from service.runtime import Runtime
-from tests.helpers import LOCAL, ROW
+from tests.helpers import ROW
 from tests.servers.grpc_inprocess import grpc_server
 
 FAST = {"steps": "8", "samples": "4", "internal_batch_size": "64"}  # keeps costly methods quick
 
 
-# -- fixtures: one pipeline, two doors -----------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipeline(cnn_archive: Path, tabular_archive: Path, settings: Settings) -> Iterator[Pipeline]:
-    runtime = Runtime.load(
-        [cnn_archive, tabular_archive], max_image_pixels=settings.max_image_pixels
-    )
-    yield Pipeline(runtime)
-    runtime.close()
-
-
-@pytest.fixture(scope="module")
-def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
-        yield client
-
-
+# -- fixtures: the gRPC door onto conftest's two-model pipeline --------------------------------
 @pytest.fixture(scope="module")
 def address(settings: Settings, pipeline: Pipeline) -> Iterator[str]:
     with grpc_server(settings, pipeline) as address:

@@ -9,7 +9,6 @@ import json
 import math
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +22,6 @@ from service.http import create_app
 from service.pipeline import Pipeline
 from service.proto.inference import grpc_service_pb2 as ipb
 from service.proto.inference import grpc_service_pb2_grpc as ipb_grpc
-from service.runtime import Runtime
 from tests.helpers import LOCAL, ROWS, png, random_image
 from tests.servers.grpc_inprocess import grpc_server
 
@@ -31,22 +29,7 @@ HEADER = "Inference-Header-Content-Length"
 TOKEN = "oip-secret"
 
 
-# -- fixtures: one pipeline, every door ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipeline(cnn_archive: Path, tabular_archive: Path, settings: Settings) -> Iterator[Pipeline]:
-    runtime = Runtime.load(
-        [cnn_archive, tabular_archive], max_image_pixels=settings.max_image_pixels
-    )
-    yield Pipeline(runtime)
-    runtime.close()
-
-
-@pytest.fixture(scope="module")
-def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
-        yield client
-
-
+# -- fixtures: the OIP gRPC door onto conftest's two-model pipeline ----------------------------
 @pytest.fixture(scope="module")
 def address_of(settings: Settings, pipeline: Pipeline) -> Iterator[str]:
     with grpc_server(settings, pipeline) as address:
