@@ -152,6 +152,33 @@ def wait_for_prediction(
 
 
 # -- glimpse -------------------------------------------------------------------------------------
+
+
+def launch_glimpse(
+    archives: list[Path], workdir: Path, log: Path
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start `python -m service` on two free loopback ports, serving copies of `archives` from
+    `workdir/store`, its output in `log`; return the process and its HTTP and gRPC ports. It runs
+    in a session of its own: Ctrl-C reaches only the bench, which then stops it in order."""
+    store = workdir / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    for archive in archives:
+        shutil.copy(archive, store / archive.name)
+    http_port, grpc_port = free_ports(2)
+    command = [sys.executable, "-m", "service", "--model-store", str(store)]
+    command += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=_env(),
+            start_new_session=True,
+        )
+    return process, http_port, grpc_port
+
+
 @dataclass
 class Glimpse:
     """`python -m service` on two free loopback ports, serving one archive."""
@@ -181,31 +208,9 @@ class Glimpse:
         return self.workdir / "glimpse.log"
 
     def start(self) -> None:
-        store = self.workdir / "store"
-        store.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.archive, store / self.archive.name)
-        self.http_port, self.grpc_port = free_ports(2)
-        command = [
-            sys.executable,
-            "-m",
-            "service",
-            "--model-store",
-            str(store),
-            "--http-port",
-            str(self.http_port),
-            "--grpc-port",
-            str(self.grpc_port),
-        ]
-        with self.log.open("wb") as log:
-            # A session of its own: Ctrl-C reaches only the bench, which then stops it in order.
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=_env(),
-                start_new_session=True,
-            )
+        self.process, self.http_port, self.grpc_port = launch_glimpse(
+            [self.archive], self.workdir, self.log
+        )
 
     def wait(self, model: str, body: bytes) -> None:
         assert self.process is not None

@@ -26,7 +26,6 @@ import io
 import itertools
 import json
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from _servers import _env, free_ports  # noqa: E402
+from _servers import _env, launch_glimpse  # noqa: E402
 
 from service.client import encode_row  # noqa: E402
 from service.proto.glimpse.v1 import glimpse_pb2 as pb  # noqa: E402
@@ -211,33 +210,8 @@ class Server:
     """`python -m service` over a temporary store on free ports; stopped by its pid only."""
 
     def __init__(self, paths: list[Path], workdir: Path) -> None:
-        store = workdir / "store"
-        store.mkdir()
-        for path in paths:
-            shutil.copy(path, store / path.name)
-        self.http_port, self.grpc_port = free_ports(2)
         self.log = workdir / "glimpse.log"
-        command = [
-            sys.executable,
-            "-m",
-            "service",
-            "--model-store",
-            str(store),
-            "--http-port",
-            str(self.http_port),
-            "--grpc-port",
-            str(self.grpc_port),
-        ]
-        with self.log.open("wb") as out:
-            # A session of its own: Ctrl-C reaches only this script, which then stops it.
-            self.process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=_env(),
-                start_new_session=True,
-            )
+        self.process, self.http_port, self.grpc_port = launch_glimpse(paths, workdir, self.log)
 
     @property
     def url(self) -> str:
