@@ -110,7 +110,10 @@ class BatchRunner:
             await self.changed.wait()
             self.changed.clear()
         if self.jobs:
-            answers = self.flow.process([(job, 0.0) for job, _ in self.jobs])
+            try:
+                answers = self.flow.process([(job, 0.0) for job, _ in self.jobs])
+            except Exception as exc:  # noqa: BLE001 - process answers failures per job; if not,
+                answers = [exc] * len(self.jobs)  # each job still gets an answer
             for (_, future), answer in zip(self.jobs, answers, strict=True):
                 if isinstance(answer, BaseException):
                     future.set_exception(answer)
@@ -128,13 +131,12 @@ class TorchServeDoor:
         self.flow = flow_for(name, handler)
         self.limits = limits
         self.metrics = Metrics(models=[name])
-        self.loop = asyncio.new_event_loop()
 
     def handle(self, data: list[dict[str, Any]], context: TorchServeContext | None) -> list[Any]:
         """One answer per item of `data`, in order; a failed item's answer is its error object
         (and, given TorchServe's `context`, its HTTP status)."""
         explain = [_is_explain(context, idx) for idx in range(len(data))]
-        answers = self.loop.run_until_complete(self._answer(data, explain))
+        answers = asyncio.run(self._answer(data, explain))  # TorchServe's worker runs no loop
         for idx, answer in enumerate(answers):
             if context is not None:
                 context.set_response_header(idx, BATCH_HEADER, str(len(data)))
