@@ -8,12 +8,9 @@ files under `/ui/` come from service.web.
 
 from __future__ import annotations
 
-import base64
 import time
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
+from service.answers import explanation_body
 from service.auth import AuthMiddleware, Guard
 from service.config import Settings
 from service.encode import MEDIA_TYPES
@@ -32,7 +30,7 @@ from service.management import add_management_routes
 from service.metrics import CONTENT_TYPE, OTHER_ROUTE, Metrics
 from service.openapi import EXPLAIN_QUERY, HEATMAP_QUERY, INPUT_BODY
 from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
-from service.results import Explanation, ImageResult, MapResult, RowResult, TargetMaps
+from service.results import MapResult
 from service.web import add_page_routes
 
 ROUTE_PARAMS = {"methods", "method", "target", "overlay", "format"}
@@ -190,68 +188,6 @@ def explain_request(name: str, inputs: list[Any], request: Request) -> ExplainRe
         overlay,
         query.get("format", "png").lower(),
     )
-
-
-def explanation_body(
-    name: str, results: Sequence[Explanation], timings: dict[str, float]
-) -> dict[str, Any]:
-    """Rows: `{"model", "rows", "timings_ms"}`. An image: its fields at the top level, the
-    first target's maps in `explanations`, and `by_target` when several targets were asked."""
-    rows = [row_json(r) for r in results if isinstance(r, RowResult)]
-    images = [r for r in results if isinstance(r, ImageResult)]
-    if not images:
-        return {"model": name, "rows": rows, "timings_ms": timings}
-    first = images[0]
-    body: dict[str, Any] = {
-        "model": name,
-        "target": _target_json(first.targets[0]),
-        "prediction": first.prediction,
-        "explanations": _maps_json(first.targets[0]),
-        "timings_ms": timings,
-    }
-    if len(first.targets) > 1:
-        body["by_target"] = [
-            {"target": _target_json(t), "explanations": _maps_json(t)} for t in first.targets
-        ]
-    return body
-
-
-def row_json(row: RowResult) -> dict[str, Any]:
-    return {
-        "prediction": row.prediction,
-        "base_value": row.base_value,
-        "attributions": row.attributions,
-        "convergence_delta": row.convergence_delta,
-    }
-
-
-def _target_json(entry: TargetMaps) -> dict[str, Any]:
-    target = entry.target
-    return {"index": target.index, "label": target.label, "probability": target.probability}
-
-
-def _maps_json(entry: TargetMaps) -> dict[str, dict[str, Any]]:
-    return {m.method: map_json(m) for m in entry.maps}
-
-
-def map_json(result: MapResult) -> dict[str, Any]:
-    """A map as JSON: its own fields win over any extra of the same name."""
-    values = np.round(result.values, 6)
-    body: dict[str, Any] = {
-        **result.extras,
-        "height": int(values.shape[0]),
-        "width": int(values.shape[1]),
-        "values": values.tolist(),
-        "signed": result.signed,
-        "reduction": result.reduction,
-    }
-    if result.overlay is not None:
-        body[f"overlay_{result.overlay_format}"] = base64.b64encode(result.overlay).decode()
-        if result.overlay_size is not None:
-            body["overlay_size"] = list(result.overlay_size)
-        body["overlay_scaled"] = result.overlay_scaled
-        body["overlay_scale"] = round(result.overlay_scale, 4)
-    return body
 
 
 def overlay_headers(result: MapResult) -> dict[str, str]:

@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from service import oip
+from service.answers import explanation_body, row_json
 from service.config import Settings
 from service.errors import BadInput, GlimpseError
-from service.http import FastJSON, explain_request, explanation_body, read_body, row_json
+from service.http import FastJSON, explain_request, read_body
 from service.oip import InferRequest, InferTensor
 from service.pipeline import Payload, Pipeline, PredictRequest
 from service.results import ImageResult, RowResult

@@ -14,6 +14,7 @@ from typing import Any
 from service.errors import BadInput, SchemaError
 from service.explain import REGISTRY, Explainer, build
 from service.flows import Call, ExplainRequest, Payload, PredictRequest, Tensor
+from service.handlers.base import GlimpseHandler
 from service.lifecycle import Health, Lifecycle
 from service.limits import DEFAULT_LIMITS, Gate, Limits
 from service.results import Explanation, MapResult, Prediction
@@ -92,11 +93,7 @@ class Pipeline:
 
     def explainers(self, model: Model, request: ExplainRequest) -> dict[str, Explainer]:
         """Validated method instances, with "param" / "method.param" values routed to them."""
-        names = request.methods or [model.handler.default_method]
-        if len(set(names)) != len(names):
-            raise SchemaError(f"methods lists a method twice: {names}")
-        per_method = split_params(names, request.params)
-        return {name: build(model.handler.kind, name, per_method[name]) for name in names}
+        return explainers_for(model.handler, request)
 
     def _call(self, model: Model, timeout: float | None = None) -> Call:
         """A request's passage, with the pipeline's limits and a deadline from now: the time
@@ -108,6 +105,16 @@ class Pipeline:
     def _check_inputs(self, inputs: list[Payload]) -> None:
         _require_inputs(inputs)
         self.limits.check_inputs(len(inputs))
+
+
+def explainers_for(handler: GlimpseHandler, request: ExplainRequest) -> dict[str, Explainer]:
+    """The request's methods (the handler's default when it names none), built and validated,
+    with "param" / "method.param" values routed to them; SchemaError otherwise."""
+    names = request.methods or [handler.default_method]
+    if len(set(names)) != len(names):
+        raise SchemaError(f"methods lists a method twice: {names}")
+    per_method = split_params(names, request.params)
+    return {name: build(handler.kind, name, per_method[name]) for name in names}
 
 
 def split_params(methods: list[str], raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -121,19 +121,14 @@ class GlimpseHandler:
     def setup(self) -> None:
         """Subclasses read their part of the metadata here."""
 
-    def handle(self, data: list[dict[str, Any]], context: HandlerContext | None) -> list[Any]:
-        raise NotImplementedError
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """TorchServe's entry point: one answer per request of the batch `data`, predictions
+        and (on TorchServe's `/explanations` route) explanations, through the model's flow
+        (service.torchserve). A failed request's answer is its error object."""
+        from service.torchserve import door_for  # it imports the flows, which import handlers
+
+        return door_for(self, context).handle(data, context)
 
     def describe(self) -> dict[str, Any]:
         """What `GET /models/{name}` shows about this model besides its name."""
         return {"kind": self.kind}
-
-
-def request_payload(item: dict[str, Any]) -> Any:
-    """TorchServe puts a multipart field `data` under "data" and a raw body under "body"."""
-    payload = item.get("data")
-    if payload is None:
-        payload = item.get("body")
-    if isinstance(payload, bytearray):
-        payload = bytes(payload)
-    return payload

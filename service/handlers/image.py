@@ -19,7 +19,7 @@ from torch import nn
 
 from service.errors import PayloadTooLarge, SchemaError
 from service.explain import REGISTRY, Attribution, Explainer, ImageBatch, methods_for
-from service.handlers.base import GlimpseHandler, HandlerContext, request_payload
+from service.handlers.base import GlimpseHandler
 from service.hooks import capture_output, find_layer
 from service.imaging import DEFAULT_MAX_PIXELS, allow_pixels, decode_image
 from service.layers import (
@@ -93,14 +93,6 @@ class ImageHandler(GlimpseHandler):
     def network(self) -> nn.Module:
         assert self.model is not None, "initialize the handler first"
         return self.model
-
-    # -- TorchServe's entry point ------------------------------------------------------------
-    def handle(
-        self, data: list[dict[str, Any]], context: HandlerContext | None
-    ) -> list[dict[str, float]]:
-        images = [self.decode(request_payload(item)) for item in data]
-        result = self.infer(self.preprocess(images), capture=False, inference=True)
-        return self.top_classes(result.probabilities)
 
     # -- the stages, each usable on its own --------------------------------------------------
     def decode(self, payload: Any) -> Image.Image:

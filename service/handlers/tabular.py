@@ -21,7 +21,7 @@ import torch
 from service.errors import BadInput
 from service.explain import build
 from service.explain.base import Explainer, TabularBatch
-from service.handlers.base import GlimpseHandler, HandlerContext, request_payload
+from service.handlers.base import GlimpseHandler
 from service.procs import TabularProcs, read_rows
 from service.results import RowResult
 
@@ -47,15 +47,6 @@ class TabularHandler(GlimpseHandler):
         self.grouping = self._grouping()
         with torch.no_grad():
             self.base_value = float(self.model_head(*self.references).mean())
-
-    # -- TorchServe's entry point ------------------------------------------------------------
-    def handle(
-        self, data: list[dict[str, Any]], context: HandlerContext | None
-    ) -> list[list[float]]:
-        """One list of predictions per request item (a row or a list of rows each)."""
-        requests = [self.decode(request_payload(item)) for item in data]
-        predictions = iter(self.predict_rows([row for rows in requests for row in rows]))
-        return [[next(predictions) for _ in rows] for rows in requests]
 
     # -- the stages, each usable on its own --------------------------------------------------
     def decode(self, payload: Any) -> list[Row]:

@@ -17,6 +17,7 @@ import httpx
 from tests.helpers import free_port
 
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -81,6 +82,9 @@ def torchserve(
         "LOG_LOCATION": logs,
         "METRICS_LOCATION": logs,
         "TMPDIR": str(workdir / "tmp"),
+        # The workers import `service` from the tree under test, not from wherever the venv's
+        # editable install points (another checkout).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     command = [
         str(VENV_BIN / "torchserve"),
