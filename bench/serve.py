@@ -363,10 +363,12 @@ def ratio(runs: list[Run], a: str, b: str, concurrency: int) -> dict[str, Any]:
 
 # -- the raw model ---------------------------------------------------------------------------
 def raw_model(args: argparse.Namespace, image: Image.Image) -> dict[str, Any]:
-    """The archive's model alone: forward passes/s at each batch size, in this process."""
+    """The archive's model alone, and the lean copy predictions run through (service/lean.py):
+    forward passes/s at each batch size, in this process."""
     import torch
 
     from service.archive import open_archive
+    from service.lean import channels_last
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -377,26 +379,33 @@ def raw_model(args: argparse.Namespace, image: Image.Image) -> dict[str, Any]:
         model = handler.model
         assert model is not None
         one = handler.preprocess([image.convert("RGB")])  # type: ignore[attr-defined]
+        lean = getattr(handler, "lean", None)
+        variants = {"model": (model, lambda x: x)}
+        if lean is not None:
+            variants["lean"] = (lean, channels_last)
         inputs = {b: one.repeat(b, 1, 1, 1).contiguous() for b in args.raw_batches}
-        rates: dict[int, list[float]] = {b: [] for b in args.raw_batches}
+        rates = {(v, b): [] for v in variants for b in args.raw_batches}
         spell = args.raw_seconds / RAW_SPELLS
         with torch.inference_mode():
-            for batch in inputs.values():  # warm-up: one-time allocations, oneDNN primitives
-                for _ in range(3):
-                    model(batch)
-            # Batch sizes interleaved, spell by spell: a burst of machine noise lands on all
-            # of them, not on one; each figure is the median of its spells.
+            for network, layout in variants.values():  # warm-up: allocations, oneDNN primitives
+                for batch in inputs.values():
+                    for _ in range(3):
+                        network(layout(batch))
+            # Batch sizes and variants interleaved, spell by spell: a burst of machine noise
+            # lands on all of them, not on one; each figure is the median of its spells.
             for _ in range(RAW_SPELLS):
-                for size, batch in inputs.items():
+                for (variant, size), spells in rates.items():
+                    network, layout = variants[variant]
+                    batch = inputs[size]
                     passes, started = 0, time.perf_counter()
                     while passes < 3 or time.perf_counter() - started < spell:
-                        model(batch)
+                        network(layout(batch))
                         passes += 1
-                    rates[size].append(passes / (time.perf_counter() - started))
-    results = []
-    for size, spells in rates.items():
+                    spells.append(passes / (time.perf_counter() - started))
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for (variant, size), spells in rates.items():
         per_s = statistics.median(spells)
-        results.append(
+        results[variant].append(
             {
                 "batch": size,
                 "forward_per_s": round(per_s, 1),
@@ -406,15 +415,16 @@ def raw_model(args: argparse.Namespace, image: Image.Image) -> dict[str, Any]:
             }
         )
         log(
-            f"  raw batch {size:<3} {per_s:8.1f} forward/s  {per_s * size:8.1f} samples/s  "
-            f"(spells {min(spells):.1f}–{max(spells):.1f} forward/s)"
+            f"  raw {variant:<5} batch {size:<3} {per_s:8.1f} forward/s  "
+            f"{per_s * size:8.1f} samples/s  (spells {min(spells):.1f}–{max(spells):.1f})"
         )
-    best = max(results, key=lambda r: r["samples_per_s"])
+    best = max(results["model"], key=lambda r: r["samples_per_s"])
     return {
         "input": list(one.shape[1:]),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "batches": results,
+        "batches": results["model"],
+        "lean_batches": results.get("lean", []),
         "best": best,
     }
 
@@ -496,13 +506,15 @@ def report(result: dict[str, Any]) -> str:
             f"## Raw model, in-process (input {raw['input']}, torch.inference_mode, "
             f"{raw['torch_threads']} intra-op / {raw['torch_interop_threads']} inter-op threads)",
             "",
-            "| batch | forward passes/s | samples/s | ms per forward |",
-            "|---|---|---|---|",
+            "| batch | forward passes/s | samples/s | ms per forward | lean copy samples/s |",
+            "|---|---|---|---|---|",
         ]
+        leans = {b["batch"]: b for b in raw.get("lean_batches", [])}
         for b in raw["batches"]:
+            lean = leans.get(b["batch"])
             out.append(
                 f"| {b['batch']} | {b['forward_per_s']:.1f} | {b['samples_per_s']:.1f} "
-                f"| {b['ms_per_forward']:.2f} |"
+                f"| {b['ms_per_forward']:.2f} | {lean['samples_per_s'] if lean else '–'} |"
             )
         best = raw["best"]
         out += ["", f"Best batch: {best['batch']} at {best['samples_per_s']:.0f} samples/s."]

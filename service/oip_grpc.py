@@ -4,8 +4,9 @@ ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfe
 as `/inference.GRPCInferenceService/<Rpc>` (what tritonclient.grpc calls). Inputs are read
 from `raw_input_contents` (one per input) or the typed `contents`; outputs go to
 `raw_output_contents` as raw little-endian bytes, which is all tritonclient's `as_numpy`
-reads. The tensors and the pipeline behind them are service/oip.py's; deadlines, the error
--> status mapping, the concurrency gate and metrics are the Glimpse servicer's own.
+reads. The tensors (service/oip_tensors.py) and the pipeline behind them (service/oip.py) are
+shared with REST; deadlines, the error -> status mapping, the concurrency gate and metrics
+are the Glimpse servicer's own.
 
 Example: ``add_inference_service(pipeline, server)`` before ``await server.start()``
 """
@@ -17,10 +18,11 @@ from typing import Any
 
 import grpc
 
-from service import oip
+from service import oip, oip_tensors
 from service.errors import BadInput
 from service.grpc_server import GlimpseServicer
-from service.oip import InferRequest, InferTensor, TensorSpec
+from service.oip import InferRequest
+from service.oip_tensors import InferTensor, TensorSpec
 from service.pipeline import Pipeline
 from service.proto.inference import grpc_service_pb2 as ipb
 from service.proto.inference import grpc_service_pb2_grpc as ipb_grpc
@@ -141,7 +143,7 @@ class InferenceServicer(ipb_grpc.GRPCInferenceServiceServicer):
                 )
                 for t in outputs
             ],
-            raw_output_contents=[oip.to_raw(t) for t in outputs],
+            raw_output_contents=[oip_tensors.to_raw(t) for t in outputs],
         )
 
 
@@ -158,7 +160,7 @@ def decode_inputs(request: ipb.ModelInferRequest) -> list[InferTensor]:
     for i, item in enumerate(request.inputs):
         shape = list(item.shape)
         if raw:
-            tensors.append(oip.from_raw(item.name, item.datatype, shape, raw[i]))
+            tensors.append(oip_tensors.from_raw(item.name, item.datatype, shape, raw[i]))
             continue
         field = CONTENTS.get(item.datatype)
         if field is None:
@@ -167,7 +169,7 @@ def decode_inputs(request: ipb.ModelInferRequest) -> list[InferTensor]:
                 f"raw_input_contents (typed contents carry {sorted(CONTENTS)})"
             )
         values = list(getattr(item.contents, field))
-        tensors.append(oip.from_list(item.name, item.datatype, shape, values))
+        tensors.append(oip_tensors.from_list(item.name, item.datatype, shape, values))
     return tensors
 
 

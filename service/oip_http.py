@@ -6,7 +6,7 @@ extension that tritonclient sends: the JSON header is the first `Inference-Heade
 bytes, each binary input's `parameters.binary_data_size` bytes follow in order).
 KServe v1: `GET /v1/models/{name}`, `POST /v1/models/{name}:predict` and `:explain`.
 Errors are the protocols' own shape, non-200 with `{"error": "..."}`; the tensors and the
-pipeline behind them are service/oip.py's.
+pipeline behind them are service/oip.py's (tensors: service/oip_tensors.py).
 
 Example: ``app.include_router(oip_router(settings, pipeline))``
 """
@@ -21,12 +21,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service import oip
+from service import oip, oip_codecs, oip_tensors
 from service.answers import explanation_body, row_json
 from service.config import Settings
 from service.errors import BadInput, GlimpseError
 from service.http import FastJSON, explain_request, read_body
-from service.oip import InferRequest, InferTensor
+from service.oip import InferRequest
+from service.oip_tensors import InferTensor
 from service.pipeline import Payload, Pipeline, PredictRequest
 from service.results import ImageResult, RowResult
 
@@ -149,14 +150,16 @@ def parse_infer(
         shape = _shape(item.get("shape"), tensor_name)
         size = _mapping(item.get("parameters", {}), "parameters").get("binary_data_size")
         if size is None:
-            inputs.append(oip.from_list(tensor_name, datatype, shape, item.get("data")))
+            inputs.append(oip_tensors.from_list(tensor_name, datatype, shape, item.get("data")))
             continue
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise BadInput(
                 f"input {tensor_name!r}: binary_data_size {size!r} is more than the "
                 f"{len(binary) - offset} binary bytes left in the body"
             )
-        inputs.append(oip.from_raw(tensor_name, datatype, shape, binary[offset : offset + size]))
+        inputs.append(
+            oip_tensors.from_raw(tensor_name, datatype, shape, binary[offset : offset + size])
+        )
         offset += size
     if offset != len(binary):
         raise BadInput(f"{len(binary) - offset} bytes of binary data belong to no input")
@@ -183,11 +186,11 @@ def infer_response(
             "shape": tensor.shape,
         }
         if binary.get(tensor.name, binary[""]):
-            blob = oip.to_raw(tensor)
+            blob = oip_tensors.to_raw(tensor)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = oip.to_list(tensor)
+            entry["data"] = oip_tensors.to_list(tensor)
         described.append(entry)
     body: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": described}
     if request_id is not None:
@@ -211,7 +214,7 @@ def v1_inputs(body: bytes) -> list[Payload]:
         raise BadInput('"instances" is empty: send at least one instance')
     images = [i for i in instances if isinstance(i, dict) and set(i) == {"b64"}]
     if len(images) == len(instances):
-        return [Payload(oip.image_bytes("instances", i)) for i in images]
+        return [Payload(oip_codecs.image_bytes("instances", i)) for i in images]
     return [Payload({"rows": instances})]
 
 

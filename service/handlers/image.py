@@ -29,6 +29,7 @@ from service.layers import (
     pick_layer,
     spatial_layers,
 )
+from service.lean import channels_last, lean_copy
 from service.preprocess import ImageTransform
 
 TOP_K = 5
@@ -75,6 +76,8 @@ class ImageHandler(GlimpseHandler):
             )
         tail = meta.get("explain", {}).get("tail")
         self.tail = getattr(model, tail) if tail else None
+        # Predictions (no hooks, no gradients) run through a faster copy when one checks out.
+        self.lean, self.lean_reason = lean_copy(model, example)
 
     def _default_layer(self, explain: dict[str, Any]) -> tuple[str | None, str]:
         """The layer maps come from when a request names none, or (None, the reason)."""
@@ -124,8 +127,13 @@ class ImageHandler(GlimpseHandler):
         """One forward pass; hooks keep the output of `layers` (and of the default layer, with
         `capture`) and are removed before it returns, also when the forward fails. With
         `inference`, the pass runs under torch.inference_mode (its tensors then cannot enter
-        a later gradient computation: only for answers that need none)."""
+        a later gradient computation: only for answers that need none), and through the lean
+        copy (`service.lean`) when it captures nothing and the model has one."""
         names = set(layers) | ({self.default_layer} if capture and self.default_layer else set())
+        if inference and not names and self.lean is not None:
+            with torch.inference_mode():
+                probabilities = torch.softmax(self.lean(channels_last(inputs)), dim=1)
+            return Inference(inputs, probabilities)
         grad_free = torch.inference_mode() if inference else torch.no_grad()
         with grad_free, ExitStack() as hooks:
             seen = {name: hooks.enter_context(capture_output(self.module(name))) for name in names}

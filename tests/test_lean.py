@@ -1,0 +1,91 @@
+"""The lean copy that predictions run through: same answers, folded batch norms, and the
+model as built for everything that hooks or differentiates it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from service.handlers.image import ImageHandler
+from service.hooks import capture_output
+from service.lean import TOLERANCE, lean_copy
+from service.runtime import Runtime
+
+
+def _handler(runtime: Runtime) -> ImageHandler:
+    handler = runtime.models["cnn"].handler
+    assert isinstance(handler, ImageHandler)
+    return handler
+
+
+def _inputs(handler: ImageHandler, n: int = 5) -> torch.Tensor:
+    return torch.randn((n, 3, *handler.size), generator=torch.Generator().manual_seed(7))
+
+
+def test_the_default_cnn_has_a_lean_copy_with_no_batch_norm_left(runtime: Runtime) -> None:
+    handler = _handler(runtime)
+    assert handler.lean is not None, handler.lean_reason
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in handler.lean.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in handler.network.modules())
+    convs = [m for m in handler.lean.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
+def test_predictions_through_the_lean_copy_equal_the_models_own(runtime: Runtime) -> None:
+    handler = _handler(runtime)
+    inputs = _inputs(handler)
+    lean = handler.infer(inputs, capture=False, inference=True).probabilities
+    with torch.no_grad():
+        own = torch.softmax(handler.network(inputs), dim=1)
+    assert torch.allclose(lean, own, atol=1e-5, rtol=0)
+
+
+def test_a_prediction_never_runs_the_model_as_built_and_an_explanation_does(
+    runtime: Runtime,
+) -> None:
+    handler = _handler(runtime)
+    assert handler.default_layer is not None
+    inputs = _inputs(handler, 2)
+    with capture_output(handler.module(handler.default_layer)) as seen:
+        handler.infer(inputs, capture=False, inference=True)
+    assert seen.output is None
+    result = handler.infer(inputs, capture=True)
+    assert handler.default_layer in result.activations
+
+
+class Branchy(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.conv(x))
+        if y.mean() > 0:
+            y = y * 2
+        return y.mean(dim=(2, 3))
+
+
+def test_a_model_fx_cannot_trace_keeps_its_one_network() -> None:
+    lean, reason = lean_copy(Branchy().eval(), torch.zeros(1, 3, 8, 8))
+    assert lean is None
+    assert "torch.fx cannot trace it" in reason
+
+
+class Drifting(nn.Module):
+    """Traces fine, but draws noise on every call: no two forward passes agree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3)) + torch.rand(1)
+
+
+def test_a_copy_whose_logits_differ_is_not_kept() -> None:
+    lean, reason = lean_copy(Drifting().eval(), torch.zeros(1, 3, 8, 8))
+    assert lean is None
+    assert f"{TOLERANCE:.0e}" in reason
