@@ -168,6 +168,12 @@ def application(settings: Settings, scaling: Scaling) -> serve.Application:
     return app
 
 
+def serve_logging(settings: Settings) -> dict[str, Any]:
+    """Ray Serve's log settings for the application: a line per request only with
+    access_log (GLIMPSE_ACCESS_LOG), as glimpse alone; it costs time on every request."""
+    return {"enable_access_log": settings.access_log}
+
+
 def replica_settings(settings: Settings, scaling: Scaling) -> Settings:
     """`settings` as replicas read them: the token itself rather than a file only this machine
     has, and torch threads matched to a replica's CPUs (unless set)."""
@@ -254,7 +260,12 @@ def main(argv: list[str] | None = None) -> None:
     started = {} if args.address else processes_below(os.getpid())  # the local cluster's
     try:
         serve.start(http_options={"host": settings.host, "port": settings.http_port})
-        serve.run(application(settings, scaling), name=APP_NAME, route_prefix="/")
+        serve.run(
+            application(settings, scaling),
+            name=APP_NAME,
+            route_prefix="/",
+            logging_config=serve_logging(settings),
+        )
         log.info("glimpse on Ray Serve at http://%s:%d", settings.host, settings.http_port)
         while not stop.wait(1.0):  # a signal handler runs between two waits
             pass
