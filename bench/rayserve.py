@@ -70,7 +70,7 @@ def start_ray(store: Path, port: int, replicas: list[int], temp_dir: Path) -> di
     from service.config import Settings
     from service.ray_app import Scaling, application, processes_below, serve_logging
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir))
     started = processes_below(os.getpid())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = Settings(model_store=store, http_port=port, torch_threads=1, grpc=False)

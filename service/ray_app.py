@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         raise SystemExit(f"glimpse: {exc}") from None
     ray.init(
-        address=args.address,
+        address=args.address or "local",  # "local": a new cluster, even if RAY_ADDRESS is set
         num_cpus=None if args.address else args.num_cpus,
         include_dashboard=False,
         _temp_dir=None if args.address else args.ray_temp_dir,
