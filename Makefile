@@ -5,8 +5,9 @@ TORCH_PIP_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 # One stamp per install: `make run` needs the project and its [train] extra (it trains the models),
-# `make test` / `make lint` also the [dev] tools. Each is a superset-or-equal pip install on the
-# same venv, so running one after the other only adds what is missing.
+# `make test` / `make lint` also the [dev] tools and the [ray] extra (tests/test_ray_serve.py, and
+# mypy reads ray's types). Each is a superset-or-equal pip install on the same venv, so running one
+# after the other only adds what is missing.
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 LINTED := training service tests bench scripts
@@ -14,7 +15,7 @@ LINTED := training service tests bench scripts
 .PHONY: run test models lint proto clean
 
 $(RUN_STAMP): EXTRAS := train
-$(DEV_STAMP): EXTRAS := train,dev
+$(DEV_STAMP): EXTRAS := train,dev,ray
 $(RUN_STAMP) $(DEV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
