@@ -212,6 +212,8 @@ def parse_item(kind: str, raw: Mapping[str, Any], explain: bool) -> Item:
         return _from_json(kind, body, explain)
     if isinstance(body, Mapping | list):  # JSON rows, decoded by TorchServe
         payload = Payload(body if isinstance(body, Mapping) else {"rows": body})
+    elif isinstance(body, str) and kind == "image":  # base64 text, as KServe's v1 envelope
+        payload = Payload(_base64(body))  # and TorchServe's own image handler take it
     elif isinstance(body, bytes | bytearray | str):  # a file, or text TorchServe decoded
         payload = Payload(body.encode() if isinstance(body, str) else bytes(body))
     else:

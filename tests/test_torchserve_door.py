@@ -140,3 +140,18 @@ def test_bad_requests_are_refused_with_their_reason(
     [answer] = cnn.handle([item], context)
     assert context.status[0][0] == status, answer
     assert words in answer["message"]
+
+
+def test_an_image_as_base64_text_is_read_as_kserves_v1_envelope_sends_it(
+    cnn: GlimpseHandler, http: TestClient, image: bytes
+) -> None:
+    """KServe's TorchServe runtime hands the handler `{"data": "<base64>"}` per instance, as
+    TorchServe's own image handler expects: the same answer as the image's bytes."""
+    expected = http.post(
+        "/predictions/cnn", content=image, headers={"Content-Type": "image/png"}
+    ).json()
+    context = Context("cnn", [False, False])
+    text = base64.b64encode(image).decode()
+    answers = cnn.handle([{"data": text}, {"data": "not base64!"}], context)
+    assert answers[0] == pytest.approx(expected, abs=1e-6)
+    assert context.status[1][0] == 400 and "not valid base64" in answers[1]["message"]
