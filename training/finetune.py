@@ -83,7 +83,8 @@ def finetune(config: FinetuneConfig) -> Path:
         except (UnservableArchive, KeyError, ValueError) as exc:
             raise FinetuneError(f"{config.archive} cannot be opened: {exc}") from None
         handler = opened.handler
-        metadata = json.loads((opened.model_dir / "metadata.json").read_text())
+        metadata_file = opened.model_dir / "metadata.json"
+        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
         architecture = check_supported(handler, metadata, config.archive)
         assert isinstance(handler, ImageHandler)
         model = handler.network
