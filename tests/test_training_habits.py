@@ -294,3 +294,14 @@ def test_evaluate_with_an_image_folder_writes_the_reports(
     assert "Interpretation reports: n=10" in capsys.readouterr().out
     for name in FILES:
         assert (out / name).stat().st_size > 0, name
+
+
+def test_finetune_refuses_archives_it_cannot_give_a_new_head() -> None:
+    from service.handlers.torchserve_image import TorchServeImageHandler
+    from training.finetune import check_supported
+
+    with pytest.raises(FinetuneError, match="image_classifier archive"):
+        check_supported(TorchServeImageHandler(), {}, Path("resnet.mar"))
+    no_count = {"architecture": {"file": "net.py", "class": "Net", "args": {"width": 4}}}
+    with pytest.raises(FinetuneError, match="num_classes"):
+        check_supported(ImageHandler(), no_count, Path("net.mar"))
