@@ -13,7 +13,8 @@ image method, measures:
 
 each beside a random map's score, plus Integrated Gradients' mean |convergence delta|.
 It writes docs/evaluation.md (the table) and docs/gallery.png (image, then each
-method's overlay).
+method's overlay), and the interpretation reports of training/reports.py (confusion
+matrix, top losses with Grad-CAM, activations per conv stage).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from service.archive import open_archive
 from service.explain import REGISTRY, build, methods_for
 from service.explain.base import blur
 from service.handlers.image import ImageHandler
+from training.reports import write_reports
 from training.shapes import ShapesData, make_shapes
 
 EVAL_SEED = 20_000  # neither the training nor the training-time test seed
@@ -60,7 +62,8 @@ def evaluate_archive(archive: Path, n: int = 200, out: Path = Path("docs")) -> s
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.md").write_text(table + "\n")
         gallery(handler, data, maps).save(out / "gallery.png")
-        return table + f"\n\nwrote {out / 'evaluation.md'} and {out / 'gallery.png'}"
+        reports = write_reports(handler, data, out)  # confusion, top losses, layer activations
+        return table + f"\n\nwrote {out / 'evaluation.md'} and {out / 'gallery.png'}\n\n{reports}"
 
 
 def score_methods(handler: ImageHandler, data: ShapesData) -> tuple[str, dict[str, np.ndarray]]:

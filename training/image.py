@@ -25,6 +25,7 @@ from training.augment import augment
 from training.evaluate import pointing_game
 from training.imagefolder import load_image_folder
 from training.loop import fit_one_cycle
+from training.lr_find import LRFindResult, lr_find
 from training.shapes import ShapesData, make_shapes
 
 SIZE = 48
@@ -47,6 +48,10 @@ class ImageConfig:
     widths: tuple[int, ...] = (16, 32, 64, 96)
     strides: tuple[int, ...] = (2, 2, 1)
     seed: int = 0
+    # Progressive resizing: train at each size in turn (empty: SIZE only); see `epoch_split`.
+    sizes: tuple[int, ...] = ()
+    # Run the learning-rate range test first and train with its suggestion instead of `lr`.
+    lr_auto: bool = False
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -54,10 +59,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
 
 
-def load_data(config: ImageConfig) -> tuple[ShapesData, ShapesData, dict[str, Any]]:
+def load_data(
+    config: ImageConfig, size: int = SIZE
+) -> tuple[ShapesData, ShapesData, dict[str, Any]]:
+    """Train and held-out splits at `size` pixels: generated shapes rendered at that size, or
+    the user's folder resized to it."""
     if config.data is None:
-        train = make_shapes(config.n_train, seed=TRAIN_SEED + config.seed, size=SIZE)
-        test = make_shapes(config.n_test, seed=TEST_SEED + config.seed, size=SIZE)
+        train = make_shapes(config.n_train, seed=TRAIN_SEED + config.seed, size=size)
+        test = make_shapes(config.n_test, seed=TEST_SEED + config.seed, size=size)
         source = {
             "dataset": "generated shapes",
             "train_seed": TRAIN_SEED + config.seed,
@@ -66,7 +75,7 @@ def load_data(config: ImageConfig) -> tuple[ShapesData, ShapesData, dict[str, An
             "n_test": config.n_test,
         }
         return train, test, source
-    train, test = load_image_folder(config.data, size=SIZE, seed=config.seed)
+    train, test = load_image_folder(config.data, size=size, seed=config.seed)
     source = {
         "dataset": "image folder",
         "path": str(config.data),
@@ -76,35 +85,97 @@ def load_data(config: ImageConfig) -> tuple[ShapesData, ShapesData, dict[str, An
     return train, test, source
 
 
-def train_cnn(config: ImageConfig) -> Path:
-    """Train, evaluate on the held-out split, archive; returns the .mar path."""
-    torch.manual_seed(config.seed)
-    train, test, source = load_data(config)
+def epoch_split(epochs: int, sizes: tuple[int, ...]) -> list[int]:
+    """Epochs per size: `epochs` split equally, the remainder going to the last (largest) sizes,
+    and at least one epoch per size. ``epoch_split(8, (24, 48)) == [4, 4]``."""
+    base, extra = divmod(max(epochs, len(sizes)), len(sizes))
+    return [base + (1 if i >= len(sizes) - extra else 0) for i in range(len(sizes))]
+
+
+@dataclass
+class Stage:
+    """One size's training data as tensors, with the statistics inputs are normalised by."""
+
+    size: int
+    train: ShapesData
+    test: ShapesData
+    source: dict[str, Any]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Any:
+        """`batches(epoch)` for the fit loop: shuffled, augmented, normalised mini-batches."""
+        steps = math.ceil(len(self.train) / batch_size)
+
+        def batches(epoch: int) -> Any:
+            order = torch.randperm(len(self.train), generator=generator)
+            for i in range(steps):
+                index = order[i * batch_size : (i + 1) * batch_size]
+                images = augment(self.x_train[index], generator)
+                yield normalise(images, self.mean, self.std), self.y_train[index]
+
+        return batches, steps
+
+
+def load_stage(config: ImageConfig, size: int) -> Stage:
+    train, test, source = load_data(config, size)
     x_train = to_tensor(train.images)
-    mean = x_train.mean(dim=(0, 2, 3))
-    std = x_train.std(dim=(0, 2, 3))
-    model = cnn_arch.SmallResNet(len(train.classes), widths=config.widths, strides=config.strides)
-    generator = torch.Generator().manual_seed(config.seed)
-    steps = math.ceil(len(train) / config.batch_size)
-    y_train = torch.from_numpy(train.labels)
+    mean, std = x_train.mean(dim=(0, 2, 3)), x_train.std(dim=(0, 2, 3))
+    return Stage(size, train, test, source, x_train, torch.from_numpy(train.labels), mean, std)
 
-    def batches(epoch: int) -> Any:
-        order = torch.randperm(len(train), generator=generator)
-        for i in range(steps):
-            index = order[i * config.batch_size : (i + 1) * config.batch_size]
-            images = augment(x_train[index], generator)
-            yield normalise(images, mean, std), y_train[index]
 
-    fit_one_cycle(
+def new_model(config: ImageConfig, num_classes: int) -> cnn_arch.SmallResNet:
+    return cnn_arch.SmallResNet(num_classes, widths=config.widths, strides=config.strides)
+
+
+def find_lr(
+    config: ImageConfig, model: torch.nn.Module, stage: Stage, num: int = 100
+) -> LRFindResult:
+    """The range test on `stage`'s batches; the model comes back unchanged."""
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    batches, _ = stage.batches(config.batch_size, generator)
+    return lr_find(
         model,
         batches,
-        steps,
-        config.epochs,
         F.cross_entropy,
-        lr=config.lr,
+        num=num,
         weight_decay=config.weight_decay,
-        desc=f"training {config.name}",
+        desc="lr-find cnn",
     )
+
+
+def train_cnn(config: ImageConfig) -> Path:
+    """Train (at each of `sizes` in turn), evaluate on the held-out split, archive; returns
+    the .mar path. The archive's input size is the last size trained at."""
+    torch.manual_seed(config.seed)
+    sizes = config.sizes or (SIZE,)
+    epochs = epoch_split(config.epochs, sizes)
+    stage = load_stage(config, sizes[0])
+    model = new_model(config, len(stage.train.classes))
+    generator = torch.Generator().manual_seed(config.seed)
+    lr, lr_rule = config.lr, "given"
+    if config.lr_auto:
+        found = find_lr(config, model, stage)
+        print(found.describe())
+        lr, lr_rule = found.suggestion, f"lr-find: {found.rule}"
+    for i, (size, size_epochs) in enumerate(zip(sizes, epochs, strict=True)):
+        if i > 0:
+            stage = load_stage(config, size)
+        batches, steps = stage.batches(config.batch_size, generator)
+        fit_one_cycle(
+            model,
+            batches,
+            steps,
+            size_epochs,
+            F.cross_entropy,
+            lr=lr,
+            weight_decay=config.weight_decay,
+            desc=f"training {config.name}" + (f" at {size}px" if len(sizes) > 1 else ""),
+        )
+    train, test, source, size = stage.train, stage.test, stage.source, stage.size
+    mean, std = stage.mean, stage.std
     layer_name = f"features.{len(config.widths) - 1}"
     evaluation = evaluate(model, find_layer(model, layer_name), test, mean, std)
     print(format_evaluation(evaluation))
@@ -115,17 +186,20 @@ def train_cnn(config: ImageConfig) -> Path:
     }
     metadata = {
         "classes": list(train.classes),
-        "input": {"size": [SIZE, SIZE], "mean": mean.tolist(), "std": std.tolist()},
+        "input": {"size": [size, size], "mean": mean.tolist(), "std": std.tolist()},
         "explain": {"layer": layer_name, "tail": "classify"},
         "evaluation": evaluation,
         "data": source,
         "training": {
             "epochs": config.epochs,
-            "lr": config.lr,
+            "lr": lr,
+            "lr_rule": lr_rule,
+            "sizes": list(sizes),
+            "epochs_per_size": epochs,
             "batch_size": config.batch_size,
             "weight_decay": config.weight_decay,
             "optimizer": "AdamW",
-            "schedule": "one-cycle",
+            "schedule": "one-cycle" + (" per size" if len(sizes) > 1 else ""),
         },
     }
     index_to_name = {str(i): c for i, c in enumerate(train.classes)}
@@ -162,7 +236,8 @@ def evaluate(
     if test.boxes is not None:
         batch = ImageBatch(model, layer, inputs, predictions, seen.output)
         maps = build("image", "activation", {}).attribute(batch).maps
-        full = np.stack([upsample(m, (SIZE, SIZE)) for m in maps])
+        size = test.images.shape[1]
+        full = np.stack([upsample(m, (size, size)) for m in maps])
         result["pointing_game_activation"] = pointing_game(full, test.boxes)
     return result
 

@@ -21,16 +21,20 @@ def fit_one_cycle(
     weight_decay: float = 1e-2,
     desc: str = "fit",
     threads: int | None = None,
+    groups: list[tuple[list[nn.Parameter], float]] | None = None,
 ) -> list[float]:
     """Train `model` in place; `batches(epoch)` yields (inputs, targets). Returns epoch losses.
 
     `threads` sets torch's intra-op threads for this fit only (None: leave them as they are).
+    `groups` (parameters, peak rate) replaces `lr` with one rate per parameter group
+    (discriminative learning rates); parameters left out of every group are not trained.
     """
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _fit(model, batches, steps_per_epoch, epochs, loss_fn, lr, weight_decay, desc)
+        groups = groups or [(list(model.parameters()), lr)]
+        return _fit(model, batches, steps_per_epoch, epochs, loss_fn, groups, weight_decay, desc)
     finally:
         torch.set_num_threads(previous)
 
@@ -41,13 +45,18 @@ def _fit(
     steps_per_epoch: int,
     epochs: int,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    lr: float,
+    groups: list[tuple[list[nn.Parameter], float]],
     weight_decay: float,
     desc: str,
 ) -> list[float]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{"params": params, "lr": lr} for params, lr in groups], weight_decay=weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+        optimizer,
+        max_lr=[lr for _, lr in groups],
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
     )
     losses: list[float] = []
     with tqdm(total=epochs * steps_per_epoch, desc=desc, unit="batch") as bar:

@@ -36,6 +36,7 @@ from training import rossmann
 from training.architectures import tabular as tabular_arch
 from training.archive import write_archive
 from training.loop import fit_one_cycle
+from training.lr_find import LRFindResult, lr_find
 
 
 @dataclass
@@ -62,6 +63,8 @@ class TabularConfig:
     seed: int = 0
     gbm: bool = True
     references: int = 64
+    # Run the learning-rate range test first and train with its suggestion instead of `lr`.
+    lr_auto: bool = False
 
 
 @dataclass
@@ -168,19 +171,58 @@ class Packed(torch.nn.Module):
         return self.model(*inputs)
 
 
-def train_tabular(config: TabularConfig) -> Path:
-    """Load, split, fit procs on train, train, evaluate on the later period, archive."""
-    torch.manual_seed(config.seed)
+@dataclass
+class Prepared:
+    """Everything between the raw table and the fit: splits, fitted procs, model inputs."""
+
+    data: TabularData
+    train_index: np.ndarray
+    valid_index: np.ndarray
+    train: Table
+    valid: Table
+    procs: TabularProcs
+    x_train: tuple[np.ndarray, np.ndarray]
+    x_valid: tuple[np.ndarray, np.ndarray]
+    y_train: torch.Tensor
+
+
+def prepare(config: TabularConfig) -> Prepared:
+    """Load, split by time, fit the procs on the training split, apply them to both."""
     data = load_data(config)
     train_index, valid_index = split_by_time(data.table, data.date, config.valid_fraction)
     train, valid = subset(data.table, train_index), subset(data.table, valid_index)
     redundant = {d: redundant_parts(train, d, data.cat) for d in data.date}
     parts = {d: [p for p in DATE_PARTS if p not in redundant[d]] for d in data.date}
     procs = TabularProcs(data.cat, data.cont, data.date, parts).fit(train)
-    x_train, x_valid = procs.apply(train), procs.apply(valid)
     y_train = torch.from_numpy(np.log(train[data.target])).float()
+    return Prepared(
+        data,
+        train_index,
+        valid_index,
+        train,
+        valid,
+        procs,
+        procs.apply(train),
+        procs.apply(valid),
+        y_train,
+    )
+
+
+def train_tabular(config: TabularConfig) -> Path:
+    """Load, split, fit procs on train, train, evaluate on the later period, archive."""
+    torch.manual_seed(config.seed)
+    prepared = prepare(config)
+    data, procs = prepared.data, prepared.procs
+    train_index, valid_index = prepared.train_index, prepared.valid_index
+    train, valid = prepared.train, prepared.valid
+    x_train, x_valid, y_train = prepared.x_train, prepared.x_valid, prepared.y_train
     model, args = build_model(procs, y_train, config)
-    fit(model, x_train, y_train, config)
+    lr, lr_rule = config.lr, "given"
+    if config.lr_auto:
+        found = find_lr(model, x_train, y_train, config)
+        print(found.describe())
+        lr, lr_rule = found.suggestion, f"lr-find: {found.rule}"
+    fit(model, x_train, y_train, config, lr)
     evaluation = evaluate(model, x_valid, valid[data.target])
     if config.gbm:
         evaluation["gbm_rmspe"] = gbm_rmspe(
@@ -207,7 +249,8 @@ def train_tabular(config: TabularConfig) -> Path:
         "data": {**data.source, "split": split},
         "training": {
             "epochs": config.epochs,
-            "lr": config.lr,
+            "lr": lr,
+            "lr_rule": lr_rule,
             "batch_size": config.batch_size,
             "weight_decay": config.weight_decay,
             "optimizer": "AdamW",
@@ -245,22 +288,53 @@ def build_model(
     return tabular_arch.TabularModel(**args), args
 
 
+def make_batches(
+    x: tuple[np.ndarray, np.ndarray], y: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> tuple[Any, int]:
+    """`batches(epoch)` of ((codes, cont), log target), shuffled; and the steps per epoch."""
+    codes, cont = torch.from_numpy(x[0]), torch.from_numpy(x[1])
+    steps = max(1, len(y) // batch_size)  # full batches only: BatchNorm needs > 1 row
+
+    def batches(epoch: int) -> Any:
+        order = torch.randperm(len(y), generator=generator)
+        for i in range(steps):
+            index = order[i * batch_size : (i + 1) * batch_size]
+            yield (codes[index], cont[index]), y[index]
+
+    return batches, steps
+
+
+def find_lr(
+    model: tabular_arch.TabularModel,
+    x: tuple[np.ndarray, np.ndarray],
+    y: torch.Tensor,
+    config: TabularConfig,
+    num: int = 100,
+) -> LRFindResult:
+    """The range test on the training batches; the model comes back unchanged."""
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    batches, _ = make_batches(x, y, config.batch_size, generator)
+    return lr_find(
+        Packed(model),
+        batches,
+        F.mse_loss,
+        num=num,
+        weight_decay=config.weight_decay,
+        threads=1,
+        desc="lr-find tabular",
+    )
+
+
 def fit(
     model: tabular_arch.TabularModel,
     x: tuple[np.ndarray, np.ndarray],
     y: torch.Tensor,
     config: TabularConfig,
+    lr: float | None = None,
 ) -> None:
-    codes, cont = torch.from_numpy(x[0]), torch.from_numpy(x[1])
+    """Train with the one-cycle loop at `lr` (default: config.lr)."""
     generator = torch.Generator().manual_seed(config.seed)
-    steps = max(1, len(y) // config.batch_size)  # full batches only: BatchNorm needs > 1 row
-
-    def batches(epoch: int) -> Any:
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(steps):
-            index = order[i * config.batch_size : (i + 1) * config.batch_size]
-            yield (codes[index], cont[index]), y[index]
-
+    batches, steps = make_batches(x, y, config.batch_size, generator)
     # A small MLP gains little from threads and loses a lot on busy cores: one thread.
     fit_one_cycle(
         Packed(model),
@@ -268,7 +342,7 @@ def fit(
         steps,
         config.epochs,
         F.mse_loss,
-        lr=config.lr,
+        lr=config.lr if lr is None else lr,
         weight_decay=config.weight_decay,
         desc=f"training {config.name}",
         threads=1,
