@@ -197,3 +197,15 @@ def test_grpc_get_model_describes_methods_for_its_kind(
         )
     assert "baseline" in image.params and "baseline" not in tabular.params
     assert "colour" in image.reduction and "colour" not in tabular.reduction
+
+
+def test_http_tabular_rows_carry_the_convergence_extras(http: TestClient) -> None:
+    params = {"steps": "2", "max_steps": "4", "delta_tol": "1e-9"}
+    [row] = http.post("/explanations/tabular", json=[ROW], params=params).json()["rows"]
+    assert row["extras"]["integrated_gradients"] == {
+        "steps": 4,
+        "converged": False,
+        "delta_tol": 1e-9,
+    }
+    refused = http.post("/explanations/tabular", json=[ROW], params={"baseline": "zeros"})
+    assert refused.status_code == 422 and "tabular" in refused.text
