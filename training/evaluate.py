@@ -189,7 +189,7 @@ def format_completeness(rows: list[Completeness], n: int) -> str:
         "|---|---|---|---|---|---|",
         *(
             f"| {r.setting} | {r.mean_delta:.2e} | {r.max_delta:.2e} | {r.mean_steps:.0f} "
-            f"| {r.converged:.1%} | {r.ms_per_image:.0f} |"
+            f"| {'n/a' if r.converged is None else f'{r.converged:.1%}'} | {r.ms_per_image:.0f} |"
             for r in rows
         ),
     ]

@@ -130,7 +130,7 @@ class Completeness:
     mean_delta: float
     max_delta: float
     mean_steps: float
-    converged: float  # share of inputs at or under the tolerance (1.0 without one)
+    converged: float | None  # share of inputs at or under the tolerance (None without one)
     ms_per_image: float
 
 
@@ -147,14 +147,14 @@ def completeness(
         seconds = time.perf_counter() - started
         deltas = np.abs([e["convergence_delta"] for e in extras])
         steps = [e.get("steps", explainer.options["steps"]) for e in extras]
-        converged = [bool(e.get("converged", True)) for e in extras]
+        converged = [bool(e["converged"]) for e in extras if "converged" in e]
         rows.append(
             Completeness(
                 setting,
                 float(deltas.mean()),
                 float(deltas.max()),
                 float(np.mean(steps)),
-                float(np.mean(converged)),
+                float(np.mean(converged)) if converged else None,
                 seconds / len(extras) * 1000,
             )
         )
