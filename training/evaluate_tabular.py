@@ -138,7 +138,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"completeness: max |sum + base - log pred| = {report['completeness_max_gap']:.2e}; "
         f"max |convergence delta| = {report['convergence_delta_max']:.2e}",
         f"IG steps: mean {report['mean_steps']:.0f}, max {report['max_steps_used']} "
-        f"(delta_tol {report['delta_tol']}); converged {report['converged']:.1%}",
+        + (
+            f"(delta_tol {report['delta_tol']}); converged {report['converged']:.1%}"
+            if report["delta_tol"] is not None
+            else "(fixed)"
+        ),
     ]
     lines += [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks(report)]
     return "\n".join(lines)
