@@ -47,6 +47,7 @@ def row_json(row: RowResult) -> dict[str, Any]:
         "base_value": row.base_value,
         "attributions": row.attributions,
         "convergence_delta": row.convergence_delta,
+        **({"extras": row.extras} if row.extras else {}),
     }
 
 

@@ -73,6 +73,8 @@ class RowResult:
     base_value: float
     attributions: dict[str, dict[str, float]]
     convergence_delta: dict[str, float] = field(default_factory=dict)
+    # per method, any further figures it reports (IG with delta_tol: steps, converged)
+    extras: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 Explanation = ImageResult | RowResult

@@ -70,7 +70,7 @@ class Model:
                 for k, v in self.handler.metadata.items()
                 if k in ("format_version", "evaluation", "data", "training")
             },
-            "explanations": [REGISTRY[m].describe() for m in methods_for(kind)],
+            "explanations": [REGISTRY[m].describe(kind) for m in methods_for(kind)],
         }
 
 

@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> None:
         "archive", type=Path, nargs="?", default=Path("model_store/tabular.mar")
     )
     tabular_eval.add_argument("-n", type=int, default=200, help="held-out rows to explain")
+    tabular_eval.add_argument(
+        "--delta-tol",
+        type=float,
+        default=1e-4,
+        help="IG doubles its steps until |convergence delta| <= this (0: fixed 50 steps)",
+    )
     evaluate = sub.add_parser("evaluate", help="score an image archive through the serving runtime")
     evaluate.add_argument("archive", type=Path, nargs="?", default=Path("model_store/cnn.mar"))
     evaluate.add_argument("-n", type=int, default=200, help="held-out generated images")
@@ -56,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         "--data",
         type=Path,
         help="ImageFolder-style directory: write only the interpretation reports, on its images",
+    )
+    evaluate.add_argument(
+        "--completeness-n", type=int, default=50, help="images for the IG completeness table"
     )
     from training.habits_cli import add_habit_commands
 
@@ -107,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "tabular-eval":
         from training.evaluate_tabular import evaluate_tabular, format_report
 
-        print(format_report(evaluate_tabular(args.archive, args.n)))
+        tol = args.delta_tol or None
+        print(format_report(evaluate_tabular(args.archive, args.n, delta_tol=tol)))
     elif args.command == "evaluate" and args.data is not None:
         from training.reports import report_folder
 
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "evaluate":
         from training.evaluate import evaluate_archive
 
-        print(evaluate_archive(args.archive, args.n, args.out))
+        print(evaluate_archive(args.archive, args.n, args.out, args.completeness_n))
     elif args.command == "archive":
         from training.user_archive import run
 

@@ -7,7 +7,9 @@ Regenerates the archive's data from the generator settings in its metadata and c
 - attribution recovery: over `n` held-out rows, the mean Spearman rank correlation
   between the served per-column attributions and the generator's true per-column
   log-effects, each centred on its mean over the training rows (must be >= 0.8);
-- completeness: max |sum(attributions) + base - log(prediction)| (must be <= 1e-2).
+- completeness: max |sum(attributions) + base - log(prediction)| (must be <= 1e-2, and
+  <= `delta_tol` when IG is asked to converge to it: `--delta-tol`, default 1e-4; then the
+  steps it took are reported too).
 
 Example: ``print(format_report(evaluate_tabular(Path("model_store/tabular.mar"))))``
 """
@@ -27,9 +29,12 @@ from training import rossmann
 from training.tabular import rmspe, split_by_time
 
 FLOOR_RATIO, MIN_SPEARMAN, MAX_GAP = 1.2, 0.8, 1e-2
+DELTA_TOL = 1e-4
 
 
-def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
+def evaluate_tabular(
+    archive: Path, n: int = 200, seed: int = 0, delta_tol: float | None = DELTA_TOL
+) -> dict[str, Any]:
     """The figures above, as a dict; ValueError for an archive not built on generated data."""
     with tempfile.TemporaryDirectory() as workdir:
         handler = open_archive(archive, Path(workdir)).handler
@@ -45,7 +50,10 @@ def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, An
         sales = data.table[rossmann.TARGET][valid]
         predictions: np.ndarray = np.array(handler.predict_rows(to_rows(data.table, valid)))
         held_out = np.random.default_rng(seed).choice(valid, size=min(n, len(valid)), replace=False)
-        explained = handler.explain_rows(to_rows(data.table, held_out))
+        params = {} if delta_tol is None else {"delta_tol": delta_tol}
+        explained = handler.explain_rows(
+            to_rows(data.table, held_out), "integrated_gradients", params
+        )
         evaluation = handler.metadata["evaluation"]
     truth = np.stack(
         [data.effects[c][held_out] - data.effects[c][train].mean() for c in rossmann.COLUMNS],
@@ -60,6 +68,7 @@ def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, An
         for row in explained
     ]
     correlations = [spearmanr(a, t).statistic for a, t in zip(served, truth, strict=True)]
+    converging = [row.extras.get(method, {}) for row in explained]
     return {
         "rmspe": rmspe(sales, predictions),
         "gbm_rmspe": evaluation.get("gbm_rmspe"),
@@ -71,6 +80,10 @@ def evaluate_tabular(archive: Path, n: int = 200, seed: int = 0) -> dict[str, An
         "completeness_max_gap": float(np.max(gaps)),
         "convergence_delta_max": float(max(abs(r.convergence_delta[method]) for r in explained)),
         "n_explained": len(explained),
+        "delta_tol": delta_tol,
+        "mean_steps": float(np.mean([e.get("steps", 50) for e in converging])),
+        "max_steps_used": int(max(e.get("steps", 50) for e in converging)),
+        "converged": float(np.mean([bool(e.get("converged", True)) for e in converging])),
     }
 
 
@@ -98,6 +111,11 @@ def checks(report: dict[str, Any]) -> list[tuple[str, bool]]:
         ("RMSPE no worse than GBM", gbm is None or report["rmspe"] <= gbm),
         (f"mean Spearman >= {MIN_SPEARMAN}", report["spearman_mean"] >= MIN_SPEARMAN),
         (f"completeness gap <= {MAX_GAP}", report["completeness_max_gap"] <= MAX_GAP),
+        *(
+            [(f"completeness gap <= delta_tol {tol:g}", report["completeness_max_gap"] <= tol)]
+            if (tol := report.get("delta_tol")) is not None
+            else []
+        ),
     ]
 
 
@@ -119,6 +137,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['spearman_mean']:.3f} (min {report['spearman_min']:.3f})",
         f"completeness: max |sum + base - log pred| = {report['completeness_max_gap']:.2e}; "
         f"max |convergence delta| = {report['convergence_delta_max']:.2e}",
+        f"IG steps: mean {report['mean_steps']:.0f}, max {report['max_steps_used']} "
+        + (
+            f"(delta_tol {report['delta_tol']}); converged {report['converged']:.1%}"
+            if report["delta_tol"] is not None
+            else "(fixed)"
+        ),
     ]
     lines += [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks(report)]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from service.render import upsample
 from training.architectures import cnn as cnn_arch
 from training.archive import write_archive
 from training.augment import augment
-from training.evaluate import pointing_game
+from training.faithfulness import pointing_game
 from training.imagefolder import load_image_folder
 from training.loop import fit_one_cycle
 from training.lr_find import LRFindResult, lr_find

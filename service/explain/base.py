@@ -33,6 +33,7 @@ class Param:
     help: str = ""
     choices: tuple[str, ...] | None = None
     pattern: str | None = None  # what a free-text value must match in full
+    kinds: frozenset[str] | None = None  # the model kinds it applies to (None: every kind)
 
     def parse(self, method: str, name: str, raw: Any) -> Any:
         if self.pattern is not None:
@@ -198,12 +199,15 @@ class Explainer:
     An instance holds validated options only; `attribute` returns everything it computed, so
     one instance can serve any number of batches, in any order.
 
-    Example: ``REGISTRY["gradcam"](steps=...)`` validates its parameters on entry.
+    Example: ``REGISTRY["gradcam"](steps=...)`` validates its parameters on entry;
+    ``REGISTRY["integrated_gradients"]("tabular", steps=100)`` only those that apply to
+    tabular models (see `params_for`).
     """
 
     name: ClassVar[str]
     signed: ClassVar[bool] = True
     reduction: ClassVar[str] = "sum over colour channels"
+    reductions: ClassVar[dict[str, str]] = {}  # per kind, where it differs from `reduction`
     kinds: ClassVar[frozenset[str]] = frozenset({"image"})
     needs_activations: ClassVar[bool] = False
     stage: ClassVar[str] = "attribution"  # its label in glimpse_stage_duration_seconds
@@ -212,16 +216,19 @@ class Explainer:
     batchable: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {}
     summary: ClassVar[str] = ""
+    summaries: ClassVar[dict[str, str]] = {}  # per kind, where it differs from `summary`
 
-    def __init__(self, **raw: Any) -> None:
-        unknown = sorted(set(raw) - set(self.params))
+    def __init__(self, kind: str | None = None, /, **raw: Any) -> None:
+        params = self.params_for(kind)
+        unknown = sorted(set(raw) - set(params))
         if unknown:
+            where = f" for a {kind} model" if kind is not None else ""
             raise SchemaError(
-                f"{self.name} has no parameter {unknown[0]!r}; it takes {sorted(self.params)}"
+                f"{self.name} has no parameter {unknown[0]!r}{where}; it takes {sorted(params)}"
             )
         self.options = {
             key: param.parse(self.name, key, raw[key]) if key in raw else param.default
-            for key, param in self.params.items()
+            for key, param in params.items()
         }
 
     def same_call(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -243,13 +250,23 @@ class Explainer:
         raise NotImplementedError(f"{self.name} has no tabular attribution")
 
     @classmethod
-    def describe(cls) -> dict[str, Any]:
+    def params_for(cls, kind: str | None) -> dict[str, Param]:
+        """The parameters that apply to a model of `kind` (all of them for None)."""
+        return {
+            key: p
+            for key, p in cls.params.items()
+            if kind is None or p.kinds is None or kind in p.kinds
+        }
+
+    @classmethod
+    def describe(cls, kind: str | None = None) -> dict[str, Any]:
+        """Name, sign, reduction, summary and parameters, as they apply to a model of `kind`."""
         return {
             "name": cls.name,
             "signed": cls.signed,
-            "reduction": cls.reduction,
-            "summary": cls.summary,
-            "params": {key: p.describe() for key, p in cls.params.items()},
+            "reduction": cls.reductions.get(kind, cls.reduction) if kind else cls.reduction,
+            "summary": cls.summaries.get(kind, cls.summary) if kind else cls.summary,
+            "params": {key: p.describe() for key, p in cls.params_for(kind).items()},
         }
 
 
@@ -290,4 +307,4 @@ def build(kind: str, name: str, raw: dict[str, Any]) -> Explainer:
         raise SchemaError(
             f"unknown explanation method {name!r} for a {kind} model; choose from {available}"
         )
-    return REGISTRY[name](**raw)
+    return REGISTRY[name](kind, **raw)

@@ -170,4 +170,5 @@ def _merge(results: tuple[RowResult, ...]) -> RowResult:
         base_value=first.base_value,
         attributions={k: v for r in results for k, v in r.attributions.items()},
         convergence_delta={k: v for r in results for k, v in r.convergence_delta.items()},
+        extras={k: v for r in results for k, v in r.extras.items()},
     )

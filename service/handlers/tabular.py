@@ -121,6 +121,7 @@ class TabularHandler(GlimpseHandler):
                 convergence_delta={
                     explainer.name: attribution.extra(i).get("convergence_delta", float(gaps[i]))
                 },
+                extras=_further(explainer.name, attribution.extra(i)),
             )
             for i in range(len(rows))
         ]
@@ -172,3 +173,9 @@ class TabularHandler(GlimpseHandler):
                 entry["format"] = "ISO 8601 date, e.g. 2015-07-31"
             described.append(entry)
         return described
+
+
+def _further(method: str, extra: dict[str, float]) -> dict[str, dict[str, float]]:
+    """A method's extras beyond the convergence delta, keyed by the method; {} for none."""
+    further = {k: v for k, v in extra.items() if k != "convergence_delta"}
+    return {method: further} if further else {}
