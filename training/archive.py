@@ -42,7 +42,6 @@ def write_archive(
     architecture_args: dict[str, Any] | None = None,
     architecture_class: str | None = None,
     torchscript_file: Path | None = None,
-    extra_files: dict[str, str] | None = None,
     version: str = "1.0",
 ) -> Path:
     """Archive `model` as `out_dir/<name>.mar` and return its path.
@@ -55,8 +54,8 @@ def write_archive(
     `--model-file`, so TorchServe's own handlers would load it with `torch.jit.load` too.
     The serialized file is `<name>.pt` either way.
 
-    `metadata` is merged under the fixed keys (format_version, kind, architecture);
-    `extra_files` maps file names to text contents that travel in the archive too.
+    `metadata` is merged under the fixed keys (format_version, kind, architecture). When it
+    names `classes`, the archive also carries TorchServe's `index_to_name.json` built from them.
     """
     torchscript = isinstance(model, torch.jit.ScriptModule)
     if not torchscript and architecture_file is None:
@@ -90,7 +89,10 @@ def write_archive(
             "architecture": architecture,
             **metadata,
         }
-        files = {"metadata.json": json.dumps(full, indent=2), **(extra_files or {})}
+        files = {"metadata.json": json.dumps(full, indent=2)}
+        if "classes" in metadata:
+            names = {str(i): c for i, c in enumerate(metadata["classes"])}
+            files["index_to_name.json"] = json.dumps(names, indent=2)
         for file_name, text in files.items():
             (staging / file_name).write_text(text)
         command = [

@@ -20,7 +20,6 @@ Example: ``train_digits(DigitsConfig(out=tmp, epochs=1, subset=200))`` -> tmp / 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from service.hooks import capture_output, find_layer
 from training.architectures import cnn as cnn_arch
 from training.archive import write_archive
 from training.image import normalise, to_tensor
-from training.loop import fit_one_cycle
+from training.loop import fit_one_cycle, shuffled
 from training.shapes import ShapesData
 
 CLASSES = tuple(str(d) for d in range(10))
@@ -145,9 +144,7 @@ def train_model(
     steps = math.ceil(len(y_train) / config.batch_size)
 
     def batches(epoch: int) -> Any:
-        order = torch.randperm(len(y_train), generator=generator)
-        for i in range(steps):
-            index = order[i * config.batch_size : (i + 1) * config.batch_size]
+        for index in shuffled(len(y_train), config.batch_size, steps, generator):
             yield normalise(jitter(x_train[index], generator), mean, std), y_train[index]
 
     fit_one_cycle(
@@ -257,7 +254,6 @@ def train_digits(config: DigitsConfig) -> Path:
             "augmentation": "rotation, scale, shift; no flips",
         },
     }
-    index_to_name = {str(i): c for i, c in enumerate(CLASSES)}
     return write_archive(
         name=config.name,
         kind="image",
@@ -266,5 +262,4 @@ def train_digits(config: DigitsConfig) -> Path:
         architecture_args=args,
         metadata=metadata,
         out_dir=config.out,
-        extra_files={"index_to_name.json": json.dumps(index_to_name, indent=2)},
     )

@@ -49,7 +49,7 @@ from service.handlers.image import ImageHandler
 from service.handlers.torchserve_image import TorchServeImageHandler
 from training.archive import write_archive
 from training.imagefolder import load_image_folder
-from training.loop import fit_one_cycle
+from training.loop import fit_one_cycle, shuffled
 from training.shapes import ShapesData
 
 
@@ -125,7 +125,6 @@ def finetune(config: FinetuneConfig) -> Path:
                 "schedule": "one-cycle per phase",
             },
         )
-        index_to_name = {str(i): c for i, c in enumerate(train.classes)}
         return write_archive(
             name=name,
             kind="image",
@@ -135,7 +134,6 @@ def finetune(config: FinetuneConfig) -> Path:
             architecture_class=architecture["class"],
             metadata=kept,
             out_dir=config.out,
-            extra_files={"index_to_name.json": json.dumps(index_to_name, indent=2)},
         )
 
 
@@ -243,9 +241,7 @@ def train_head_then_body(
     steps = math.ceil(len(y) / config.batch_size)
 
     def batches(epoch: int) -> Any:
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(steps):
-            index = order[i * config.batch_size : (i + 1) * config.batch_size]
+        for index in shuffled(len(y), config.batch_size, steps, generator):
             yield x[index], y[index]
 
     def fit(epochs: int, groups: list[tuple[list[nn.Parameter], float]], desc: str) -> None:

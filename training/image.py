@@ -6,7 +6,6 @@ heatmap is scored by the pointing game), or an ImageFolder-style directory.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from training.archive import write_archive
 from training.augment import augment
 from training.faithfulness import pointing_game
 from training.imagefolder import load_image_folder
-from training.loop import fit_one_cycle
+from training.loop import fit_one_cycle, shuffled
 from training.lr_find import LRFindResult, lr_find
 from training.shapes import ShapesData, make_shapes
 
@@ -110,9 +109,7 @@ class Stage:
         steps = math.ceil(len(self.train) / batch_size)
 
         def batches(epoch: int) -> Any:
-            order = torch.randperm(len(self.train), generator=generator)
-            for i in range(steps):
-                index = order[i * batch_size : (i + 1) * batch_size]
+            for index in shuffled(len(self.train), batch_size, steps, generator):
                 images = augment(self.x_train[index], generator)
                 yield normalise(images, self.mean, self.std), self.y_train[index]
 
@@ -202,7 +199,6 @@ def train_cnn(config: ImageConfig) -> Path:
             "schedule": "one-cycle" + (" per size" if len(sizes) > 1 else ""),
         },
     }
-    index_to_name = {str(i): c for i, c in enumerate(train.classes)}
     return write_archive(
         name=config.name,
         kind="image",
@@ -211,7 +207,6 @@ def train_cnn(config: ImageConfig) -> Path:
         architecture_args=args,
         metadata=metadata,
         out_dir=config.out,
-        extra_files={"index_to_name.json": json.dumps(index_to_name, indent=2)},
     )
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def shuffled(
+    n: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """One epoch's mini-batch indices into `n` samples: a fresh permutation from `generator`,
+    cut into `steps` slices of `batch_size` (the last may be shorter)."""
+    order = torch.randperm(n, generator=generator)
+    for i in range(steps):
+        yield order[i * batch_size : (i + 1) * batch_size]
 
 
 def fit_one_cycle(

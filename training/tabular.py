@@ -35,7 +35,7 @@ from service.procs import (
 from training import rossmann
 from training.architectures import tabular as tabular_arch
 from training.archive import write_archive
-from training.loop import fit_one_cycle
+from training.loop import fit_one_cycle, shuffled
 from training.lr_find import LRFindResult, lr_find
 
 
@@ -296,9 +296,7 @@ def make_batches(
     steps = max(1, len(y) // batch_size)  # full batches only: BatchNorm needs > 1 row
 
     def batches(epoch: int) -> Any:
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(steps):
-            index = order[i * batch_size : (i + 1) * batch_size]
+        for index in shuffled(len(y), batch_size, steps, generator):
             yield (codes[index], cont[index]), y[index]
 
     return batches, steps

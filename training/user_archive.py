@@ -213,7 +213,6 @@ def archive_user_model(config: UserArchiveConfig) -> Path:
         "explain": explain,
         "source": _source(config),
     }
-    index_to_name = {str(i): c for i, c in enumerate(classes)}
     try:
         path = write_archive(
             name=name,
@@ -225,7 +224,6 @@ def archive_user_model(config: UserArchiveConfig) -> Path:
             architecture_args=config.args or {},
             architecture_class=class_name,
             torchscript_file=config.torchscript,
-            extra_files={"index_to_name.json": json.dumps(index_to_name, indent=2)},
         )
     except (subprocess.CalledProcessError, OSError) as exc:
         raise ArchiveError(f"torch-model-archiver failed: {exc}") from None
