@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -12,8 +13,10 @@ from PIL import Image
 from service.config import Settings
 from service.http import create_app
 from service.pipeline import Pipeline
+from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from service.runtime import Runtime
 from tests.helpers import LOCAL, png
+from tests.servers.grpc_inprocess import grpc_server
 from training.image import ImageConfig, train_cnn
 from training.shapes import make_shapes
 
@@ -80,3 +83,10 @@ def pipeline(cnn_archive: Path, tabular_archive: Path, settings: Settings) -> It
 def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
     with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def stub(settings: Settings, pipeline: Pipeline) -> Iterator[pb_grpc.GlimpseStub]:
+    """glimpse's gRPC door on a free port, over the module's `pipeline`."""
+    with grpc_server(settings, pipeline) as address, grpc.insecure_channel(address) as channel:
+        yield pb_grpc.GlimpseStub(channel)

@@ -31,7 +31,6 @@ from service.proto.glimpse.v1 import glimpse_pb2 as pb
 from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from tests import strategies as fuzz
 from tests.helpers import LOCAL, ROW
-from tests.servers.grpc_inprocess import grpc_server
 
 # Codes that mean the server failed, not the client.
 SERVER_FAULTS = {
@@ -71,12 +70,6 @@ def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
     app = create_app(settings, pipeline)
     with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def stub(settings: Settings, pipeline: Pipeline) -> Iterator[pb_grpc.GlimpseStub]:
-    with grpc_server(settings, pipeline) as address, grpc.insecure_channel(address) as channel:
-        yield pb_grpc.GlimpseStub(channel)
 
 
 @pytest.fixture(scope="module")

@@ -71,18 +71,6 @@ def pipeline(runtime2: Runtime) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def http(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def stub(settings: Settings, pipeline: Pipeline) -> Iterator[pb_grpc.GlimpseStub]:
-    with grpc_server(settings, pipeline) as address, grpc.insecure_channel(address) as channel:
-        yield pb_grpc.GlimpseStub(channel)
-
-
-@pytest.fixture(scope="module")
 def hasty(runtime2: Runtime) -> Pipeline:
     """The same limits with a time limit of one second."""
     return Pipeline(runtime2, dataclasses.replace(LIMITS, request_timeout=1.0))

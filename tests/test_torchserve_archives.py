@@ -34,7 +34,6 @@ from service.proto.glimpse.v1 import glimpse_pb2_grpc as pb_grpc
 from service.runtime import Runtime
 from tests.helpers import LOCAL, png
 from tests.servers.glimpse import glimpse
-from tests.servers.grpc_inprocess import grpc_server
 from tests.torchserve_archives import (
     CLASSES,
     MODEL_FILE,
@@ -126,12 +125,6 @@ def pipeline(tiny_mar: Path, scripted_mar: Path, settings: Settings) -> Iterator
 def client(settings: Settings, pipeline: Pipeline) -> Iterator[TestClient]:
     with TestClient(create_app(settings, pipeline), base_url=LOCAL) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def stub(settings: Settings, pipeline: Pipeline) -> Iterator[pb_grpc.GlimpseStub]:
-    with grpc_server(settings, pipeline) as address, grpc.insecure_channel(address) as channel:
-        yield pb_grpc.GlimpseStub(channel)
 
 
 # -- 1. a TorchServe-standard archive, as it is ---------------------------------------------------
