@@ -8,6 +8,7 @@ pass with the last conv block's activations captured by a hook, and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from service.lean import channels_last, lean_copy
 from service.preprocess import ImageTransform
 
 TOP_K = 5
+log = logging.getLogger("glimpse")
 
 
 @dataclass
@@ -77,7 +79,9 @@ class ImageHandler(GlimpseHandler):
         tail = meta.get("explain", {}).get("tail")
         self.tail = getattr(model, tail) if tail else None
         # Predictions (no hooks, no gradients) run through a faster copy when one checks out.
-        self.lean, self.lean_reason = lean_copy(model, example)
+        self.lean, reason = lean_copy(model, example)
+        if self.lean is None:
+            log.info("%s: predictions run the model as built: %s", meta.get("name", "?"), reason)
 
     def _default_layer(self, explain: dict[str, Any]) -> tuple[str | None, str]:
         """The layer maps come from when a request names none, or (None, the reason)."""
