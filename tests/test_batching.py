@@ -90,7 +90,10 @@ def test_batched_answers_equal_unbatched(runtimes: tuple[Runtime, Runtime]) -> N
             continue
         for a, b in zip(single, joint, strict=True):
             assert a.prediction == pytest.approx(b.prediction, abs=1e-5)
-            assert [t.target for t in a.targets] == [t.target for t in b.targets]
+            assert [t.target.index for t in a.targets] == [t.target.index for t in b.targets]
+            assert [t.target.probability for t in a.targets] == pytest.approx(
+                [t.target.probability for t in b.targets], abs=1e-5
+            )
             for ta, tb in zip(a.targets, b.targets, strict=True):
                 for ma, mb in zip(ta.maps, tb.maps, strict=True):
                     assert ma.method == mb.method

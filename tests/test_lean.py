@@ -40,17 +40,43 @@ def test_predictions_through_the_lean_copy_equal_the_models_own(runtime: Runtime
     assert torch.allclose(lean, own, atol=1e-5, rtol=0)
 
 
-def test_a_prediction_never_runs_the_model_as_built_and_an_explanation_does(
+def test_predictions_and_default_layer_maps_never_run_the_model_as_built(
     runtime: Runtime,
 ) -> None:
     handler = _handler(runtime)
     assert handler.default_layer is not None
+    assert handler.lean_layers == {handler.default_layer}
     inputs = _inputs(handler, 2)
     with capture_output(handler.module(handler.default_layer)) as seen:
         handler.infer(inputs, capture=False, inference=True)
+        result = handler.infer(inputs, capture=True)
     assert seen.output is None
-    result = handler.infer(inputs, capture=True)
-    assert handler.default_layer in result.activations
+    with torch.no_grad(), capture_output(handler.module(handler.default_layer)) as own:
+        handler.network(inputs)
+    assert own.output is not None
+    assert torch.allclose(result.activations[handler.default_layer], own.output, atol=1e-5)
+
+
+def test_another_layer_is_read_from_the_model_as_built(runtime: Runtime) -> None:
+    handler = _handler(runtime)
+    other = next(name for name in handler.layers if name != handler.default_layer)
+    inputs = _inputs(handler, 2)
+    with capture_output(handler.module(other)) as seen:
+        result = handler.infer(inputs, capture=False, layers=[other])
+    assert seen.output is not None
+    assert torch.equal(result.activations[other], seen.output)
+
+
+def test_a_kept_layer_keeps_its_name_and_output_and_nothing_folds_into_it() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    model[1].running_mean.uniform_()  # a batch norm that changes its input
+    model.eval()
+    lean, reason = lean_copy(model, torch.zeros(1, 3, 8, 8), keep=["1"])
+    assert lean is not None, reason
+    assert isinstance(lean.get_submodule("1"), nn.BatchNorm2d)  # left whole: it is hooked
+    folded, _ = lean_copy(model, torch.zeros(1, 3, 8, 8))
+    assert folded is not None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
 
 
 class Branchy(nn.Module):

@@ -103,6 +103,11 @@ def _answer(
         units = [u for u in units if u.job not in late]
         if units:
             _explain(handler, result, jobs, answers, spans, units)
+    for job, answer in zip(jobs, answers, strict=True):  # the request's order, not the groups'
+        for run in answer.runs:
+            run.attributions = {
+                m: run.attributions[m] for m in job.explainers if m in run.attributions
+            }
     return [late.get(k, answer) for k, answer in enumerate(answers)]
 
 

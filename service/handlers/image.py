@@ -78,10 +78,13 @@ class ImageHandler(GlimpseHandler):
             )
         tail = meta.get("explain", {}).get("tail")
         self.tail = getattr(model, tail) if tail else None
-        # Predictions (no hooks, no gradients) run through a faster copy when one checks out.
-        self.lean, reason = lean_copy(model, example)
+        # Forward passes that hook at most the default layer run through a faster copy, when
+        # one checks out: predictions, and the activation map and Grad-CAM on that layer.
+        keep = frozenset({self.default_layer} if self.default_layer else ())
+        self.lean, reason = lean_copy(model, example, keep)
+        self.lean_layers = keep if self.lean is not None else frozenset()
         if self.lean is None:
-            log.info("%s: predictions run the model as built: %s", meta.get("name", "?"), reason)
+            log.info("%s: forward passes run the model as built: %s", meta.get("name", "?"), reason)
 
     def _default_layer(self, explain: dict[str, Any]) -> tuple[str | None, str]:
         """The layer maps come from when a request names none, or (None, the reason)."""
@@ -131,17 +134,20 @@ class ImageHandler(GlimpseHandler):
         """One forward pass; hooks keep the output of `layers` (and of the default layer, with
         `capture`) and are removed before it returns, also when the forward fails. With
         `inference`, the pass runs under torch.inference_mode (its tensors then cannot enter
-        a later gradient computation: only for answers that need none), and through the lean
-        copy (`service.lean`) when it captures nothing and the model has one."""
+        a later gradient computation: only for answers that need none). The pass runs
+        through the lean copy (`service.lean`) when the model has one and every layer it
+        captures was kept in it (the default layer), else through the model as built."""
         names = set(layers) | ({self.default_layer} if capture and self.default_layer else set())
-        if inference and not names and self.lean is not None:
-            with torch.inference_mode():
-                probabilities = torch.softmax(self.lean(channels_last(inputs)), dim=1)
-            return Inference(inputs, probabilities)
+        lean = self.lean is not None and names <= self.lean_layers
+        network = self.lean if lean and self.lean is not None else self.network
         grad_free = torch.inference_mode() if inference else torch.no_grad()
         with grad_free, ExitStack() as hooks:
-            seen = {name: hooks.enter_context(capture_output(self.module(name))) for name in names}
-            probabilities = torch.softmax(self.network(inputs), dim=1)
+            seen = {
+                name: hooks.enter_context(capture_output(find_layer(network, name)))
+                for name in names
+            }
+            logits = network(channels_last(inputs) if lean else inputs)
+            probabilities = torch.softmax(logits, dim=1)
         activations = {name: c.output for name, c in seen.items() if c.output is not None}
         return Inference(inputs, probabilities, activations)
 
