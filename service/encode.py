@@ -1,9 +1,9 @@
 """Encode an overlay picture for the wire: PNG (the default), JPEG or WebP.
 
-PNG is written here rather than by Pillow: each row gets the "Sub" filter and the
+PNG is written here rather than by Pillow: each row gets the "Up" filter and the
 deflate stream comes from ISA-L (`isal`, zlib's format, a few times faster than zlib
 at its fastest level); the file is an ordinary PNG that any decoder reads, and a test
-checks it decodes to the same pixels. At 256 x 256 this takes about 1.5 ms where
+checks it decodes to the same pixels. At 256 x 256 this takes about 1.1 ms where
 Pillow's PNG writer takes about 9 ms. JPEG and WebP come from Pillow.
 
 Example: ``encode(overlay_image, "webp")`` -> bytes; ``MEDIA_TYPES["webp"]`` -> "image/webp"
@@ -45,14 +45,15 @@ def encode(image: Image.Image, format: str = "png") -> bytes:
 
 
 def png(image: Image.Image) -> bytes:
-    """An 8-bit RGB PNG: Sub-filtered rows, one deflate stream (level 1)."""
+    """An 8-bit RGB PNG: Up-filtered rows, one deflate stream (level 1). Up beat Sub on both
+    the shapes overlays and scikit-learn's sample photos: about 10 % faster, 2-7 % smaller."""
     pixels = np.asarray(image.convert("RGB"))
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, width * 3)
     filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
-    filtered[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel to its left
-    filtered[:, 1:4] = rows[:, :3]
-    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:], casting="unsafe")
+    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:], casting="unsafe")
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     data = _deflate(filtered.tobytes(), 1)
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
