@@ -42,6 +42,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--torch-threads", type=int, help="torch intra-op threads (default 0: chosen by glimpse)"
     )
+    parser.add_argument(
+        "--decode-processes",
+        type=int,
+        help="processes that decode image uploads (default 1 on 2+ cores; 0: in threads)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log a line per request")
     parser.add_argument(
         "--max-batch-delay", type=int, help="ms to wait for a batch to fill (default 0)"
@@ -72,6 +77,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             enable_management=True if args.enable_management else None,
             batch_size=args.batch_size,
             torch_threads=args.torch_threads,
+            decode_processes=args.decode_processes,
             access_log=True if args.access_log else None,
             max_batch_delay=args.max_batch_delay,
             **auth_overrides(args),
@@ -121,6 +127,7 @@ async def serve(settings: Settings) -> None:
         max_queue=settings.max_queue,
         max_image_pixels=settings.max_image_pixels,
         batching=Batching(settings.batch_size, settings.max_batch_delay),
+        decode_processes=settings.decode_processes,
     )
     try:
         await serve_runtime(settings, runtime, lifecycle)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ class Settings:
     batch_size: int = 16  # jobs one forward pass may take (TorchServe's batch_size)
     max_batch_delay: int = 0  # ms to wait for a batch to fill; 0: take what is waiting
     torch_threads: int = 0  # torch's intra-op threads; 0: chosen by service.threads
+    # Processes that decode image uploads (service.decoding); 0: the codec threads do.
+    decode_processes: int = dataclasses.field(default_factory=lambda: default_decode_processes())
     access_log: bool = False  # uvicorn's line per request (costs time on every request)
     grpc: bool = True
     enable_management: bool = False  # POST /models?url=, DELETE /models/{name}
@@ -61,6 +64,11 @@ class Settings:
                 raise ConfigError(f"{port_name} must be between 0 and 65535, got {port}")
         if self.torch_threads < 0:
             raise ConfigError(f"torch_threads must be 0 (auto) or more, got {self.torch_threads}")
+        if not 0 <= self.decode_processes <= MAX_DECODE_PROCESSES:
+            raise ConfigError(
+                f"decode_processes must be between 0 (decode in threads) and "
+                f"{MAX_DECODE_PROCESSES}, got {self.decode_processes}"
+            )
         if self.max_batch_delay < 0:
             raise ConfigError(f"max_batch_delay must be 0 or more ms, got {self.max_batch_delay}")
         if self.drain_seconds < 0 or self.stuck_seconds <= 0:
@@ -114,6 +122,15 @@ class Settings:
                 f"no .mar archives in {self.model_store}: run `python -m training all`"
             )
         return paths
+
+
+MAX_DECODE_PROCESSES = 64
+
+
+def default_decode_processes() -> int:
+    """One decode process on a machine of two cores or more; none on one core, where a
+    second process would only take turns with the server's own."""
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
 
 
 LIMIT_FIELDS = tuple(field.name for field in dataclasses.fields(Limits))

@@ -80,3 +80,9 @@ class ModelUnavailable(GlimpseError):
     """A model's worker thread has ended: the model cannot answer until glimpse restarts."""
 
     status, grpc_status, code = 503, "UNAVAILABLE", "model_unavailable"
+
+
+class DecoderRestarted(GlimpseError):
+    """The process decoding an upload ended before it answered; a new one takes the next."""
+
+    status, grpc_status, code = 503, "UNAVAILABLE", "decoder_restarted"

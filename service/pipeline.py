@@ -100,7 +100,15 @@ class Pipeline:
         limit, or the client's `timeout` when that is shorter."""
         timings = Timings(model.name, self.metrics)
         deadline = self.limits.deadline(timeout)
-        return Call(model.name, model.worker, self.metrics, timings, self.limits, deadline)
+        return Call(
+            model.name,
+            model.worker,
+            self.metrics,
+            timings,
+            self.limits,
+            deadline,
+            self.runtime.decoders,
+        )
 
     def _check_inputs(self, inputs: list[Payload]) -> None:
         _require_inputs(inputs)

@@ -36,11 +36,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -153,18 +155,26 @@ class ImageTransform:
         """The picture the model sees, as an image (e.g. to draw a heatmap over)."""
         return Image.fromarray(self.pixels(image))
 
+    def array(self, images: list[Image.Image]) -> np.ndarray:
+        """The model's input batch as a C-contiguous float32 [N, 3, H, W] array, in numpy
+        alone: the decode processes (service.decoding) run this without importing torch."""
+        batch = np.stack([self.pixels(im) for im in images]).transpose(0, 3, 1, 2)
+        scaled = batch.astype(np.float32) / np.float32(255.0)
+        return np.ascontiguousarray((scaled - self._mean) / self._std)
+
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack([self.pixels(im) for im in images])).permute(0, 3, 1, 2)
-        scaled = batch.to(torch.float32) / 255.0
-        return (scaled - self._mean) / self._std
+        """The model's input batch [N, 3, H, W] as a float32 tensor."""
+        import torch  # here, not at the top: see `array`
+
+        return torch.from_numpy(self.array(images))
 
     @cached_property
-    def _mean(self) -> torch.Tensor:
-        return torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    def _mean(self) -> np.ndarray:
+        return np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
 
     @cached_property
-    def _std(self) -> torch.Tensor:
-        return torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+    def _std(self) -> np.ndarray:
+        return np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
 
 
 def _center_crop(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

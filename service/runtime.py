@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from service.archive import OpenedArchive, open_archive
+from service.decode_pool import DecodePool
 from service.errors import ModelNotFound
 from service.explain import REGISTRY, methods_for
 from service.flows import Flow, flow_for
@@ -84,8 +85,10 @@ class Runtime:
         max_queue: int = 64,
         max_image_pixels: int | None = None,
         batching: Batching = DEFAULT_BATCHING,
+        decoders: DecodePool | None = None,
     ) -> None:
         self.models: dict[str, Model] = {}
+        self.decoders = decoders  # where image uploads are decoded (None: the codec threads)
         self.metrics = metrics
         self.max_queue = max_queue
         self.max_image_pixels = max_image_pixels
@@ -101,11 +104,16 @@ class Runtime:
         metrics: Metrics | None = None,
         max_image_pixels: int | None = None,
         batching: Batching = DEFAULT_BATCHING,
+        decode_processes: int = 0,
     ) -> Runtime:
         """Open every archive it can; one that cannot be served is skipped with one warning
-        line naming it and the reason. Two archives with one model name are an error."""
+        line naming it and the reason. Two archives with one model name are an error.
+        `decode_processes` > 0 starts that many decode processes (service.decoding)."""
         workdir = Path(tempfile.mkdtemp(prefix="glimpse-models-"))
-        runtime = cls(workdir, metrics or Metrics(), max_queue, max_image_pixels, batching)
+        decoders = DecodePool(decode_processes) if decode_processes > 0 else None
+        runtime = cls(
+            workdir, metrics or Metrics(), max_queue, max_image_pixels, batching, decoders
+        )
         try:
             for path in archives:
                 try:
@@ -159,6 +167,8 @@ class Runtime:
     def close(self) -> None:
         for model in self.models.values():
             model.worker.close()
+        if self.decoders is not None:
+            self.decoders.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 

@@ -1,8 +1,9 @@
 """torch's thread counts, chosen against the rest of the server's work.
 
-A glimpse process runs three kinds of work at once: the event loop (HTTP and gRPC
-parsing, JSON), the codec pool (decoding uploads and encoding overlays: Pillow and
-numpy, which release the GIL) and one worker thread per model (the forward passes).
+A glimpse server runs four kinds of work at once: the event loop (HTTP and gRPC
+parsing, JSON), the codec pool (tabular bodies, and images when there are no decode
+processes), one worker thread per model (the forward passes), and beside the process its
+decode processes (service.decode_pool: image uploads and overlays).
 torch's intra-op pool would by default take every core for each forward pass and
 spin-wait between ops, so under load it fights the decode work for the same cores and
 both slow down. glimpse therefore gives torch all cores but one (at least one), and

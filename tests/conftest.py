@@ -36,7 +36,11 @@ def cnn_archive(model_store: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def runtime(cnn_archive: Path, settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.load([cnn_archive], max_image_pixels=settings.max_image_pixels)
+    runtime = Runtime.load(
+        [cnn_archive],
+        max_image_pixels=settings.max_image_pixels,
+        decode_processes=settings.decode_processes,  # the server's default: 1 on 2+ cores
+    )
     yield runtime
     runtime.close()
 
@@ -73,7 +77,9 @@ def tabular_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def pipeline(cnn_archive: Path, tabular_archive: Path, settings: Settings) -> Iterator[Pipeline]:
     runtime = Runtime.load(
-        [cnn_archive, tabular_archive], max_image_pixels=settings.max_image_pixels
+        [cnn_archive, tabular_archive],
+        max_image_pixels=settings.max_image_pixels,
+        decode_processes=settings.decode_processes,
     )
     yield Pipeline(runtime)
     runtime.close()

@@ -51,6 +51,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         "GLIMPSE_BATCH_SIZE": "4",
         "GLIMPSE_MAX_BATCH_DELAY": "5",
         "GLIMPSE_TORCH_THREADS": "1",
+        "GLIMPSE_DECODE_PROCESSES": "3",
         "GLIMPSE_ACCESS_LOG": "on",
         "GLIMPSE_AUTH_TOKEN": " s3cret ",
         "GLIMPSE_AUTH_TOKEN_FILE": "/run/secrets/glimpse",
@@ -81,6 +82,7 @@ def test_every_field_is_read_from_its_variable() -> None:
         batch_size=4,
         max_batch_delay=5,
         torch_threads=1,
+        decode_processes=3,
         access_log=True,
         auth_token="s3cret",
         auth_token_file=Path("/run/secrets/glimpse"),
@@ -153,6 +155,18 @@ def test_range_checks_still_apply_after_parsing() -> None:
         Settings.from_env({"GLIMPSE_HTTP_PORT": "70000"})
     with pytest.raises(ConfigError, match="max_queue must be a positive number, got 0"):
         Settings.from_env({"GLIMPSE_MAX_QUEUE": "0"})
+
+
+def test_decode_processes_default_to_one_on_two_cores_and_are_range_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert Settings().decode_processes == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert Settings().decode_processes == 0  # one core: the codec threads decode
+    assert Settings.from_env({"GLIMPSE_DECODE_PROCESSES": "0"}).decode_processes == 0
+    with pytest.raises(ConfigError, match="decode_processes must be between 0 .* got -1"):
+        Settings.from_env({"GLIMPSE_DECODE_PROCESSES": "-1"})
 
 
 def test_drain_and_stuck_seconds_are_checked() -> None:

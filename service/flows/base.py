@@ -11,10 +11,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from service.decode_pool import DecodePool
 from service.encode import FORMATS
 from service.errors import DeadlineExceeded, OverBudget, SchemaError
 from service.explain import Explainer
@@ -95,6 +97,7 @@ class Call:
     timings: Timings
     limits: Limits = DEFAULT_LIMITS
     deadline: Deadline | None = None
+    decoders: DecodePool | None = None  # the runtime's decode processes, if it has any
 
     async def within(self, work: Awaitable[T]) -> T:
         """Await `work` until the deadline; DeadlineExceeded once it passes (work still queued
@@ -144,6 +147,17 @@ class Call:
         """Run `work` off the event loop (in the bounded codec pool), timed as `stage`."""
         with self.timings.stage(stage):
             return await asyncio.get_running_loop().run_in_executor(CODEC_POOL, work)
+
+    async def in_process(
+        self, stage: str, work: Callable[..., T], *args: Any, key: int | None = None
+    ) -> T:
+        """`work(*args)` in the runtime's decode processes (service.decode_pool), or in the
+        codec pool when it has none; timed as `stage`. `work` and `args` must pickle. Calls
+        with the same `key` run in the same process."""
+        if self.decoders is None:
+            return await self.in_thread(stage, partial(work, *args))
+        with self.timings.stage(stage):
+            return await self.decoders.run(work, *args, key=key)
 
 
 @dataclass

@@ -5,17 +5,17 @@ Example: ``await ImageFlow("cnn", handler).predict(call, [Payload(png_bytes)])``
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from service import render
-from service.encode import encode
+from service.decoding import decode_uploads, draw_overlays
 from service.errors import BadInput, SchemaError, UnsupportedMediaType
 from service.explain import Attribution, Explainer
 from service.explain.base import ModelInput
@@ -23,6 +23,9 @@ from service.flows.base import Call, ExplainRequest, Payload, Tensor, run_batch
 from service.flows.image_batch import ImageAnswer, ImageJob, answer_batch
 from service.handlers.image import TOP_K, ImageHandler
 from service.results import ImageResult, MapResult, Target, TargetMaps
+
+# Keys under which an explanation's pictures wait, where they were decoded, for its overlays.
+_KEYS = itertools.count()
 
 
 class ImageFlow:
@@ -38,7 +41,7 @@ class ImageFlow:
     async def predict(
         self, call: Call, payloads: list[Payload], all_classes: bool = False
     ) -> list[dict[str, float]]:
-        inputs, _ = await call.in_thread("decode", lambda: self.decode(payloads))
+        inputs = await self.decode(call, payloads)
         answer: ImageAnswer = await call.queued(ImageJob(call, inputs))
         return self.top_classes(answer.probabilities, all_classes)
 
@@ -54,21 +57,14 @@ class ImageFlow:
         layers = {n for e in explainers.values() if (n := self.handler.layer_for(e)) is not None}
         model_input = ModelInput(self.handler.size)
         call.check_budget(explainers, model_input, len(request.inputs), len(wanted))
-        inputs, images = await call.in_thread("decode", lambda: self.decode(request.inputs))
+        keep = next(_KEYS) if request.overlay else None
+        inputs = await self.decode(call, request.inputs, keep)
         job = ImageJob(call, inputs, explainers, wanted, frozenset(layers))
         answer: ImageAnswer = await call.queued(job)
-        overlay = request.overlay_format if request.overlay else None
-        return await call.in_thread(
-            "encode",
-            lambda: self.encode(
-                images,
-                answer,
-                explainers,
-                overlay,
-                call.limits.max_overlay_pixels,
-                request.all_classes,
-            ),
-        )
+        results = self.results(answer, explainers, request.all_classes)
+        if keep is not None:
+            await self.draw(call, request, keep, results)
+        return results
 
     async def heatmap(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
@@ -77,24 +73,35 @@ class ImageFlow:
         return results[0].targets[0].maps[0]
 
     # -- the stages ---------------------------------------------------------------------------
-    def decode(self, payloads: list[Payload]) -> tuple[torch.Tensor, list[Image.Image | None]]:
-        """Payloads -> the model's input batch [N, 3, H, W] and the decoded RGB images (None
-        for an input sent as an already preprocessed `Tensor`: it has no picture)."""
-        images = [
-            None if isinstance(p.data, Tensor) else self._image(i, p)
-            for i, p in enumerate(payloads)
-        ]
-        decoded = [image for image in images if image is not None]
-        if len(decoded) == len(images):  # files only: the batch exactly as TorchServe's
-            return self.handler.preprocess(decoded), images
-        preprocessed: Iterator[torch.Tensor] = iter(
-            self.handler.preprocess(decoded) if decoded else []
+    async def decode(
+        self, call: Call, payloads: list[Payload], keep: int | None = None
+    ) -> torch.Tensor:
+        """Payloads -> the model's input batch [N, 3, H, W]. Files are decoded where the server
+        decodes (service.decoding); with `keep`, their pictures are kept there for `draw`."""
+        files = [self._file(i, p) for i, p in enumerate(payloads) if not isinstance(p.data, Tensor)]
+        if not files:
+            return torch.stack([self._tensor(i, p) for i, p in enumerate(payloads)])
+        handler = self.handler
+        decoded = torch.from_numpy(
+            await call.in_process(
+                "decode",
+                decode_uploads,
+                files,
+                handler.max_pixels,
+                handler.transform,
+                keep,
+                key=keep,
+            )
         )
-        rows = [
-            next(preprocessed) if image is not None else self._tensor(i, payload)
-            for i, (payload, image) in enumerate(zip(payloads, images, strict=True))
-        ]
-        return torch.stack(rows), images
+        if len(files) == len(payloads):
+            return decoded
+        rows = iter(decoded)
+        return torch.stack(
+            [
+                self._tensor(i, p) if isinstance(p.data, Tensor) else next(rows)
+                for i, p in enumerate(payloads)
+            ]
+        )
 
     def _tensor(self, index: int, payload: Payload) -> torch.Tensor:
         """A preprocessed input, checked against the model's input shape [3, H, W]."""
@@ -111,7 +118,8 @@ class ImageFlow:
             raise BadInput(f"input {index}: the tensor holds NaN or infinite values")
         return torch.tensor(values, dtype=torch.float32)  # a copy: the wire buffer is read-only
 
-    def _image(self, index: int, payload: Payload) -> Image.Image:
+    def _file(self, index: int, payload: Payload) -> bytes | str:
+        """An input's file bytes, refused before any decoding when it cannot be an image."""
         if isinstance(payload.data, Mapping):
             raise BadInput(
                 f"input {index}: {self.name} is an image model; send the image file's bytes "
@@ -122,7 +130,8 @@ class ImageFlow:
             raise UnsupportedMediaType(
                 f"send the image file's bytes (e.g. image/png), not {content_type}"
             )
-        return self.handler.decode(payload.data)
+        assert not isinstance(payload.data, Tensor)
+        return payload.data
 
     def target_indices(self, target: str | None) -> list[int | None]:
         """Class indices named by `target` ("circle", "2" or "circle,square"); [None] when
@@ -145,57 +154,67 @@ class ImageFlow:
             raise SchemaError(f"target names a class twice: {target!r}")
         return indices
 
-    def encode(
-        self,
-        images: list[Image.Image | None],
-        answer: ImageAnswer,
-        explainers: dict[str, Explainer],
-        overlay: str | None,
-        max_overlay_pixels: int | None = None,
-        all_classes: bool = False,
+    def results(
+        self, answer: ImageAnswer, explainers: dict[str, Explainer], all_classes: bool
     ) -> list[ImageResult]:
-        """Per image: its top classes (every class with `all_classes`), and for each target
-        every method's normalised map, with its overlay encoded as `overlay` (a format of
-        service.encode; None: no overlay), at the image's size or scaled down to
-        `max_overlay_pixels` (None: no limit). An input sent as a tensor has no overlay."""
+        """Per input: its top classes (every class with `all_classes`), and for each target
+        every method's normalised map with its extras; no overlays yet."""
         probabilities = answer.probabilities
         predictions = self.top_classes(probabilities, all_classes)
         results = []
-        for i, image in enumerate(images):
-            base = None
-            if overlay is not None and image is not None:
-                base = self._overlay_base(image, max_overlay_pixels)
+        for i, prediction in enumerate(predictions):
             per_target = []
             for run in answer.runs:
                 index = int(run.targets[i])
                 target = Target(index, self.handler.classes[index], float(probabilities[i, index]))
                 maps = [
-                    _map(base, name, attribution, i, explainers[name], overlay)
+                    _map(name, attribution, i, explainers[name])
                     for name, attribution in run.attributions.items()
                 ]
                 per_target.append(TargetMaps(target, maps))
-            results.append(ImageResult(predictions[i], per_target))
+            results.append(ImageResult(prediction, per_target))
         return results
 
-    def _overlay_base(self, image: Image.Image, max_pixels: int | None) -> _OverlayBase:
-        """The picture overlays are drawn on: the image, or a copy scaled to fit `max_pixels`,
-        with the part the model saw in its pixels."""
-        box = self.handler.overlay_box(image)
-        picture, scale = render.fit(image, max_pixels) if max_pixels is not None else (image, 1.0)
-        if picture is not image:
-            sx, sy = picture.width / image.width, picture.height / image.height
-            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        return _OverlayBase(picture, box, scale)
-
-
-@dataclass(frozen=True)
-class _OverlayBase:
-    """What one image's overlays are drawn on: the picture, the part of it the model saw
-    (left, top, right, bottom) and the picture's scale relative to the upload."""
-
-    picture: Image.Image
-    box: tuple[float, float, float, float]
-    scale: float
+    async def draw(
+        self, call: Call, request: ExplainRequest, keep: int, results: list[ImageResult]
+    ) -> None:
+        """Every map of every uploaded file laid over it, encoded as the request's format, at
+        the upload's size or scaled to fit GLIMPSE_MAX_OVERLAY_PIXELS; drawn where the file
+        was decoded (`keep`). An input sent as a tensor has no picture and no overlay."""
+        uploads: list[bytes | str] = []
+        maps: list[tuple[int, np.ndarray, bool]] = []
+        places: list[tuple[TargetMaps, int]] = []
+        for i, (payload, result) in enumerate(zip(request.inputs, results, strict=True)):
+            if isinstance(payload.data, Tensor):
+                continue
+            for target in result.targets:
+                for k, found in enumerate(target.maps):
+                    maps.append((len(uploads), found.values, found.signed))
+                    places.append((target, k))
+            uploads.append(self._file(i, payload))
+        if not maps:
+            return
+        handler, fmt = self.handler, request.overlay_format
+        drawn = await call.in_process(
+            "encode",
+            draw_overlays,
+            keep,
+            uploads,
+            handler.max_pixels,
+            handler.transform,
+            call.limits.max_overlay_pixels,
+            fmt,
+            maps,
+            key=keep,
+        )
+        for (target, k), overlay in zip(places, drawn, strict=True):
+            target.maps[k] = replace(
+                target.maps[k],
+                overlay=overlay.picture,
+                overlay_format=fmt,
+                overlay_size=overlay.size,
+                overlay_scale=overlay.scale,
+            )
 
 
 def _small_index(name: str) -> int | float:
@@ -204,29 +223,13 @@ def _small_index(name: str) -> int | float:
     return int(name) if name.isascii() and name.isdigit() and len(name) < 10 else math.inf
 
 
-def _map(
-    base: _OverlayBase | None,
-    method: str,
-    attribution: Attribution,
-    index: int,
-    explainer: Explainer,
-    overlay: str | None,
-) -> MapResult:
-    """Input `index`'s map, normalised, with its extras and, given what to draw it on
-    (`base`), an overlay of the image's own size (or the size it was scaled to)."""
+def _map(method: str, attribution: Attribution, index: int, explainer: Explainer) -> MapResult:
+    """Input `index`'s map, normalised, with its extras (its overlay comes later)."""
     grid = render.normalise(attribution.maps[index], explainer.signed)
-    picture, size, scale = None, None, 1.0
-    if base is not None and overlay is not None:
-        drawn = render.overlay(base.picture, grid, explainer.signed, box=base.box)
-        picture, size, scale = encode(drawn, overlay), drawn.size, base.scale
     return MapResult(
         method=method,
         values=np.asarray(grid, dtype=np.float32),
         signed=explainer.signed,
         reduction=explainer.reduction,
         extras=attribution.extra(index),
-        overlay=picture,
-        overlay_format=overlay or "png",
-        overlay_size=size,
-        overlay_scale=scale,
     )

@@ -18,11 +18,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from service.errors import PayloadTooLarge, SchemaError
+from service.decoding import decode_upload
+from service.errors import SchemaError
 from service.explain import REGISTRY, Attribution, Explainer, ImageBatch, methods_for
 from service.handlers.base import GlimpseHandler
 from service.hooks import capture_output, find_layer
-from service.imaging import DEFAULT_MAX_PIXELS, allow_pixels, decode_image
+from service.imaging import DEFAULT_MAX_PIXELS, allow_pixels
 from service.layers import (
     SCRIPT_MODULE_REASON,
     NoSpatialLayer,
@@ -106,19 +107,7 @@ class ImageHandler(GlimpseHandler):
 
     # -- the stages, each usable on its own --------------------------------------------------
     def decode(self, payload: Any) -> Image.Image:
-        if isinstance(payload, str):
-            payload = payload.encode("latin-1")
-        image = decode_image(payload or b"", self.max_pixels)
-        # Resize(256) makes a thin strip huge (2000x1 -> 512000x256): bound that too.
-        width, height = self.transform.resized_size(*image.size)
-        if width * height > self.max_pixels:
-            raise PayloadTooLarge(
-                f"the image is {image.width}x{image.height}; the model's preprocessing resizes it "
-                f"to {width}x{height} = {width * height} pixels, over the limit of "
-                f"{self.max_pixels} (GLIMPSE_MAX_IMAGE_PIXELS); send an image of a less extreme "
-                "shape"
-            )
-        return image
+        return decode_upload(payload, self.max_pixels, self.transform)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB images of any size -> [N, 3, H, W] normalised float tensor."""
@@ -176,9 +165,10 @@ class ImageHandler(GlimpseHandler):
     def top_classes(self, probabilities: torch.Tensor, k: int = TOP_K) -> list[dict[str, float]]:
         k = min(k, probabilities.shape[1])
         values, indices = probabilities.topk(k, dim=1)
+        # Python lists first: iterating tensors element by element costs far more than topk.
         return [
-            {self.classes[int(i)]: float(v) for v, i in zip(row_v, row_i, strict=True)}
-            for row_v, row_i in zip(values, indices, strict=True)
+            {self.classes[i]: v for v, i in zip(row_v, row_i, strict=True)}
+            for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
     def explain(

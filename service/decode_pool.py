@@ -1,0 +1,246 @@
+"""Decode processes: image uploads decoded beside the server's process, not inside it.
+
+libspng, which decodes most PNG uploads, holds the GIL while it works, and so does much of
+the Python around it. Under load that time is taken from the event loop and from the
+model's worker thread, and the server tops out before its CPU does. So a server decodes
+uploads in `DecodePool`: a few child processes (`python -c ...serve()`), each of which
+imports numpy, Pillow and libspng but never torch (30 MB, not 250). A call sends a
+function of `service.decoding` and its arguments, pickled, down the child's stdin and gets
+the return value, or the exception it raised, back on its stdout: the refusals for a bad
+upload are the ones the codec threads give.
+
+Each child has a writer thread and a reader thread in the server. Calls queue for the
+writer, which sends whatever has queued at once, so under load many uploads share one
+hand-off; the reader answers each call's future as its frame arrives. There is no
+manager thread and no per-call pipe wake-up (what `ProcessPoolExecutor` costs).
+
+A child ignores SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group,
+and the server drains first): it ends when the server closes its stdin, or when the
+server dies, for the same reason. A child that dies on its own (a decoder crash) fails
+the calls it had with `DecoderRestarted` (503), and a new child takes the next ones.
+
+`--decode-processes N` (GLIMPSE_DECODE_PROCESSES) sets how many; the default is one on a
+machine of two cores or more, none on one core (then the codec threads decode).
+
+Example: ``pool = DecodePool(1); decoded = await pool.run(decode_uploads, [png], 10**7, t, False)``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import IO, Any, TypeVar
+
+from service.errors import DecoderRestarted
+
+T = TypeVar("T")
+log = logging.getLogger("glimpse")
+
+# A frame: call id (8 bytes), ok flag (1 byte: 1 a return value, 0 an exception; 0 on the way
+# in), payload length (4 bytes), then the pickled payload.
+_HEADER = struct.Struct(">QBI")
+_CHILD = "from service.decode_pool import serve; serve()"
+START_SECONDS = 60.0
+STOP_SECONDS = 10.0
+_RESTARTED = (
+    "the process decoding this upload ended before it answered (the server log says why) "
+    "and a new one has started; retry, and if it ends again on the same image, send that "
+    "image in another format"
+)
+
+
+class DecodePool:
+    """`processes` decode processes, started (and ready) when this returns."""
+
+    def __init__(self, processes: int) -> None:
+        if processes < 1:
+            raise ValueError(f"a decode pool needs at least one process, not {processes}")
+        self.closed = False
+        self._ids = itertools.count()
+        self._children = [_Child(self) for _ in range(processes)]
+
+    async def run(self, work: Callable[..., T], *args: Any, key: int | None = None) -> T:
+        """`work(*args)` in a decode process, awaited; `work` is a module-level function and
+        it and `args` pickle. Calls with the same `key` go to the same process (what one
+        keeps, the next finds); without one, to the least busy. The exception `work` raises
+        is raised here; DecoderRestarted when the process died first."""
+        if key is not None:
+            child = self._children[key % len(self._children)]
+        else:
+            child = min(self._children, key=lambda c: len(c.pending))
+        future: Future[T] = Future()
+        child.send(next(self._ids), (work, args), future)
+        return await asyncio.wrap_future(future)
+
+    def pids(self) -> list[int]:
+        """The decode processes' PIDs."""
+        return [child.process.pid for child in self._children]
+
+    def close(self) -> None:
+        """End every process: each finishes what it was sent, then its stdin closes; one that
+        has not ended after STOP_SECONDS is killed."""
+        self.closed = True
+        for child in self._children:
+            child.stop()
+
+
+class _Child:
+    """One decode process, its writer and reader threads, and the calls it has in hand."""
+
+    def __init__(self, pool: DecodePool) -> None:
+        self.pool = pool
+        self.pending: dict[int, Future[Any]] = {}
+        self.broken = ""  # why no process could be started in place of one that died
+        self._lock = threading.Lock()  # `pending` and `_outbox` change together
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.process = self._start(self._outbox)
+
+    def _start(self, outbox: queue.SimpleQueue[bytes | None]) -> subprocess.Popen[bytes]:
+        """A new process, ready (its imports done), with its threads reading and writing."""
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert process.stdout is not None
+        if _read_frame(process.stdout) is None:  # it sends its pid once its imports are done
+            raise RuntimeError(f"a decode process exited while starting ({process.wait()})")
+        for target, args, name in (
+            (self._read, (process,), "glimpse-decode-read"),
+            (self._write, (process, outbox), "glimpse-decode-write"),
+        ):
+            threading.Thread(target=target, args=args, name=name, daemon=True).start()
+        return process
+
+    def send(self, call: int, work: tuple[Any, ...], future: Future[Any]) -> None:
+        if self.broken:
+            future.set_exception(DecoderRestarted(self.broken))
+            return
+        payload = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self.pending[call] = future
+            self._outbox.put(_HEADER.pack(call, 0, len(payload)) + payload)
+
+    def _write(
+        self, process: subprocess.Popen[bytes], outbox: queue.SimpleQueue[bytes | None]
+    ) -> None:
+        """Send queued calls, all that have queued in one write, until told to stop (None)."""
+        stream = process.stdin
+        assert stream is not None
+        try:
+            while True:
+                frames = [outbox.get()]
+                while frames[-1] is not None and not outbox.empty():
+                    frames.append(outbox.get_nowait())
+                stream.write(b"".join(f for f in frames if f is not None))
+                stream.flush()
+                if frames[-1] is None:
+                    return  # closing stdin below: the child finishes what it has, then ends
+        except (BrokenPipeError, ValueError):  # it died; the reader fails its calls
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        """Answer each call as its frame arrives; when the child's stdout ends, fail what it
+        still had and, unless the pool is closing, start a new child for the next calls."""
+        stream = process.stdout
+        assert stream is not None
+        while (frame := _read_frame(stream)) is not None:
+            call, ok, payload = frame
+            with self._lock:
+                future = self.pending.pop(call, None)
+            if future is None or not future.set_running_or_notify_cancel():
+                continue
+            try:
+                value = pickle.loads(payload)
+            except Exception as exc:  # noqa: BLE001 - an answer that cannot be read fails its call
+                future.set_exception(exc)
+                continue
+            (future.set_result if ok else future.set_exception)(value)
+        stream.close()
+        code = process.wait()
+        outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        with self._lock:
+            lost, self.pending = self.pending, {}
+            restart = not self.pool.closed
+            if restart:  # calls sent from now on wait in a new outbox for the new process
+                self._outbox.put(None)
+                self._outbox = outbox
+        for future in lost.values():
+            if future.set_running_or_notify_cancel():
+                future.set_exception(DecoderRestarted(_RESTARTED))
+        if restart:
+            log.error("decode process %d ended (exit code %d); starting another", process.pid, code)
+            try:
+                self.process = self._start(outbox)
+            except Exception as exc:  # noqa: BLE001 - logged; every later call is refused
+                log.critical("no decode process could be started: %s", exc, exc_info=True)
+                self.broken = f"image decoding is unavailable ({exc}); restart glimpse"
+                self._fail_queued(outbox)
+
+    def _fail_queued(self, outbox: queue.SimpleQueue[bytes | None]) -> None:
+        with self._lock:
+            lost, self.pending = self.pending, {}
+        for future in lost.values():
+            if future.set_running_or_notify_cancel():
+                future.set_exception(DecoderRestarted(self.broken))
+
+    def stop(self) -> None:
+        self._outbox.put(None)
+        try:
+            self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _read_frame(stream: IO[bytes]) -> tuple[int, int, bytes] | None:
+    """The next frame (call id, ok flag, payload), or None at the end of the stream."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    call, ok, length = _HEADER.unpack(header)
+    payload = stream.read(length)
+    if len(payload) < length:
+        return None
+    return call, ok, payload
+
+
+def _write_frame(stream: IO[bytes], call: int, ok: int, value: Any) -> None:
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(call, ok, len(payload)) + payload)
+
+
+def serve() -> None:
+    """A decode process's loop: run each call that arrives on stdin, answer on stdout, until
+    stdin ends. Signals meant for the server's process group are the server's to act on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the frames
+    _write_frame(answers, 0, 1, os.getpid())
+    answers.flush()
+    while (frame := _read_frame(requests)) is not None:
+        call, _, payload = frame
+        try:
+            work, args = pickle.loads(payload)
+            value, ok = work(*args), 1
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller, as raised
+            value, ok = exc, 0
+        try:
+            _write_frame(answers, call, ok, value)
+        except Exception as exc:  # noqa: BLE001 - e.g. a value that does not pickle
+            _write_frame(answers, call, 0, RuntimeError(f"the answer could not be sent: {exc}"))
+        answers.flush()

@@ -1,0 +1,167 @@
+"""Decode processes (service/decode_pool.py) and what runs in them (service/decoding.py): the
+same answers and refusals as decoding in the server's own threads, no torch, a process that
+dies replaced, and every process gone when the pool (or the server) stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import decoding, render
+from service.decode_pool import DecodePool
+from service.decoding import decode_uploads, draw_overlays
+from service.encode import png
+from service.errors import BadInput, DecoderRestarted, PayloadTooLarge
+from service.preprocess import ImageTransform
+from tests.servers.glimpse import glimpse
+from training.shapes import make_shapes
+
+TRANSFORM = ImageTransform.torchserve(resize=64, crop=56)
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[DecodePool]:
+    pool = DecodePool(1)
+    yield pool
+    pool.close()
+
+
+def run(pool: DecodePool, work: Any, *args: Any, key: int | None = None) -> Any:
+    return asyncio.run(pool.run(work, *args, key=key))
+
+
+def uploads(n: int = 3) -> list[bytes]:
+    return [png(Image.fromarray(a).resize((97, 71))) for a in make_shapes(n, seed=5).images]
+
+
+def test_a_decode_process_answers_as_the_server_s_threads_do(pool: DecodePool) -> None:
+    files = uploads()
+    there = run(pool, decode_uploads, files, MAX_PIXELS, TRANSFORM)
+    here = decode_uploads(files, MAX_PIXELS, TRANSFORM)
+    assert there.dtype == np.float32 and there.shape == (3, 3, 56, 56)
+    assert np.array_equal(there, here)
+
+
+def test_a_bad_upload_is_refused_with_the_same_error(pool: DecodePool) -> None:
+    for bad, error in ((b"not an image", BadInput), (uploads(1)[0], PayloadTooLarge)):
+        limit = 100 if error is PayloadTooLarge else MAX_PIXELS
+        with pytest.raises(error) as here:
+            decode_uploads([bad], limit, TRANSFORM)
+        with pytest.raises(error) as there:
+            run(pool, decode_uploads, [bad], limit, TRANSFORM)
+        assert there.value.message == here.value.message
+
+
+def test_a_decode_process_never_imports_torch(pool: DecodePool) -> None:
+    assert run(pool, eval, "'torch' in __import__('sys').modules") is False
+    assert run(pool, eval, "'service.decoding' in __import__('sys').modules") is True
+
+
+def test_overlays_are_drawn_where_the_pictures_were_kept(pool: DecodePool) -> None:
+    files = uploads(2)
+    grid = render.normalise(np.random.default_rng(0).random((7, 7)), signed=False)
+    maps = [(0, grid, False), (1, grid, False)]
+    run(pool, decode_uploads, files, MAX_PIXELS, TRANSFORM, 41, key=41)
+    assert run(pool, eval, "len(__import__('service.decoding').decoding._kept)") == 1
+    drawn = run(pool, draw_overlays, 41, files, MAX_PIXELS, TRANSFORM, None, "png", maps, key=41)
+    assert run(pool, eval, "len(__import__('service.decoding').decoding._kept)") == 0  # taken
+    # Drawn again from the uploads when nothing was kept: the same pictures.
+    again = draw_overlays(99, files, MAX_PIXELS, TRANSFORM, None, "png", maps)
+    assert [d.picture for d in drawn] == [d.picture for d in again]
+    assert drawn[0].size == (97, 71) and drawn[0].scale == 1.0
+
+
+def test_kept_pictures_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoding, "KEPT_REQUESTS", 3)
+    monkeypatch.setattr(decoding, "_kept", type(decoding._kept)())
+    files = uploads(1)
+    for key in range(10):  # requests whose overlays were never drawn (they failed, say)
+        decode_uploads(files, MAX_PIXELS, TRANSFORM, keep=key)
+    assert list(decoding._kept) == [7, 8, 9]
+    monkeypatch.setattr(decoding, "KEPT_PIXELS", 97 * 71)
+    decode_uploads(files, MAX_PIXELS, TRANSFORM, keep=10)
+    assert list(decoding._kept) == [10]
+
+
+def test_a_decode_process_that_dies_is_replaced() -> None:
+    pool = DecodePool(1)
+    try:
+        (first,) = pool.pids()
+        with pytest.raises(DecoderRestarted, match="retry"):
+            run(pool, os._exit, 3)
+        files = uploads(1)  # sent at once: it waits for the new process
+        assert np.array_equal(
+            run(pool, decode_uploads, files, MAX_PIXELS, TRANSFORM),
+            decode_uploads(files, MAX_PIXELS, TRANSFORM),
+        )
+        deadline = time.monotonic() + 10
+        while pool.pids() == [first] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the new process is recorded just after it answers its first call
+        (second,) = pool.pids()
+        assert second != first
+        assert not _running(first)
+    finally:
+        pool.close()
+
+
+def test_signals_for_the_process_group_leave_a_decode_process_alone_and_close_ends_it() -> None:
+    pool = DecodePool(2)
+    pids = pool.pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    assert run(pool, eval, "1 + 1") == 2
+    assert pool.pids() == pids
+    pool.close()
+    assert all(not _running(pid) for pid in pids)
+
+
+def test_the_server_decodes_in_one_process_that_ends_with_it(
+    cnn_archive: Path, tmp_path: Path
+) -> None:
+    with glimpse([cnn_archive], tmp_path, args=["--no-grpc"]) as server:
+        children = _children(server.process.pid)
+        commands = [_command(pid) for pid in children]
+        assert sum("service.decode_pool" in c for c in commands) == 1, commands
+        answer = httpx.post(
+            f"{server.http}/predictions/cnn",
+            content=uploads(1)[0],
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
+        assert answer.status_code == 200 and len(answer.json()) == 4
+        bad = httpx.post(f"{server.http}/predictions/cnn", content=b"not an image", timeout=30)
+        assert bad.status_code == 400 and bad.json()["code"] == "bad_input"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+    assert all(not _running(pid) for pid in children)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _command(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
