@@ -282,6 +282,9 @@ class Bench:
         return run_python_http(case.url, self.body, concurrency, seconds)
 
     def measure(self, case: Case, concurrency: int, index: int) -> Run:
+        waited = settle(self.args.settle)
+        if waited > 1.0:
+            log(f"  (waited {waited:.1f} s for the CPUs to go idle before {case.name})")
         pid = case.pid()
         cpu = cpu_seconds(pid)
         load = self.load(case, concurrency, self.args.seconds)
@@ -320,6 +323,28 @@ class Bench:
                 order = cases if index % 2 == 0 else cases[::-1]
                 runs += [self.measure(case, concurrency, index) for case in order]
         return runs
+
+
+def settle(limit: float, idle: float = 0.85, window: float = 0.5) -> float:
+    """Wait, at most `limit` seconds, until the machine's CPUs are `idle` (a share) over
+    `window`: the engine loaded just before may still be busy after its load ends
+    (TorchServe's worker and JVM were, for a few seconds), and the next run must not pay for
+    it. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = _cpu_ticks()
+        time.sleep(window)
+        after = _cpu_ticks()
+        total = sum(after) - sum(before)
+        if total > 0 and (after[3] - before[3]) / total >= idle:
+            break
+    return time.monotonic() - started
+
+
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time counters (user, nice, system, idle, ...), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:]]
 
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -605,6 +630,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="HTTP load generator (auto: wrk when installed)",
     )
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk -t (1)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="before each run, wait at most this long for the CPUs to be 85%% idle (10)",
+    )
     parser.add_argument("--aa", action="store_true", help="also glimpse against a 2nd glimpse")
     parser.add_argument(
         "--skip", default="", help=f"comma-separated sections to leave out: {','.join(SECTIONS)}"

@@ -43,7 +43,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from _servers import _env, launch_glimpse  # noqa: E402
+from _servers import _env, descendants, launch_glimpse  # noqa: E402
 
 from service.client import encode_row  # noqa: E402
 from service.proto.glimpse.v1 import glimpse_pb2 as pb  # noqa: E402
@@ -222,11 +222,18 @@ class Server:
         return f"127.0.0.1:{self.grpc_port}"
 
     def rss_kb(self) -> int:
-        """VmRSS of the server process, from /proc/<pid>/status."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no VmRSS for pid {self.process.pid}")
+        """VmRSS of the server process and its live descendants (its decode processes),
+        summed, from /proc/<pid>/status."""
+        total = 0
+        for pid in descendants(self.process.pid):
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except FileNotFoundError:  # ended since it was listed
+                continue
+            total += next((int(x.split()[1]) for x in lines if x.startswith("VmRSS:")), 0)
+        if not total:
+            raise RuntimeError(f"no VmRSS for pid {self.process.pid}")
+        return total
 
     def wait_ready(self, image: bytes, timeout: float = 180) -> None:
         """Until both models answer a prediction over HTTP (glimpse loads before it listens)."""

@@ -84,6 +84,7 @@ class ImageHandler(GlimpseHandler):
         keep = frozenset({self.default_layer} if self.default_layer else ())
         self.lean, reason = lean_copy(model, example, keep)
         self.lean_layers = keep if self.lean is not None else frozenset()
+        self._modules: dict[int, dict[str, nn.Module]] = {}  # id(network) -> its named modules
         if self.lean is None:
             log.info("%s: forward passes run the model as built: %s", meta.get("name", "?"), reason)
 
@@ -132,7 +133,7 @@ class ImageHandler(GlimpseHandler):
         grad_free = torch.inference_mode() if inference else torch.no_grad()
         with grad_free, ExitStack() as hooks:
             seen = {
-                name: hooks.enter_context(capture_output(find_layer(network, name)))
+                name: hooks.enter_context(capture_output(self.module(name, lean=lean)))
                 for name in names
             }
             logits = network(channels_last(inputs) if lean else inputs)
@@ -140,8 +141,15 @@ class ImageHandler(GlimpseHandler):
         activations = {name: c.output for name, c in seen.items() if c.output is not None}
         return Inference(inputs, probabilities, activations)
 
-    def module(self, name: str) -> nn.Module:
-        return find_layer(self.network, name)
+    def module(self, name: str, lean: bool = False) -> nn.Module:
+        """The layer called `name` of the model as built (or, with `lean`, of the lean copy),
+        looked up in a table made once: `named_modules()` walks the whole model per call."""
+        network = self.lean if lean and self.lean is not None else self.network
+        table = self._modules.get(id(network))
+        if table is None:
+            table = self._modules[id(network)] = dict(network.named_modules())
+        found = table.get(name)
+        return found if found is not None else find_layer(network, name)  # its clear KeyError
 
     def layer_for(self, explainer: Explainer) -> str | None:
         """The layer `explainer` reads: its `layer` option, else the default. SchemaError when
