@@ -9,6 +9,11 @@ function of `service.decoding` and its arguments, pickled, down the child's stdi
 the return value, or the exception it raised, back on its stdout: the refusals for a bad
 upload are the ones the codec threads give.
 
+When the server has one request in flight and nothing is being decoded, its call runs in
+the server's own decode thread instead (a lone request has nothing to overlap, and the
+round trip costs it about 0.7 ms); a call with a key goes where the first call with that
+key went, so an explanation's overlays are drawn where its pictures were kept.
+
 Each child has a writer thread and a reader thread in the server. Calls queue for the
 writer, which sends whatever has queued at once, so under load many uploads share one
 hand-off; the reader answers each call's future as its frame arrives. There is no
@@ -39,8 +44,10 @@ import struct
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import IO, Any, TypeVar
 
 from service.errors import DecoderRestarted
@@ -52,7 +59,8 @@ log = logging.getLogger("glimpse")
 # in), payload length (4 bytes), then the pickled payload.
 _HEADER = struct.Struct(">QBI")
 _CHILD = "from service.decode_pool import serve; serve()"
-START_SECONDS = 60.0
+HERE = -1  # a call's place: the server's own decode thread
+PLACED_KEYS = 1024  # keys remembered until their second call
 STOP_SECONDS = 10.0
 _RESTARTED = (
     "the process decoding this upload ended before it answered (the server log says why) "
@@ -62,27 +70,59 @@ _RESTARTED = (
 
 
 class DecodePool:
-    """`processes` decode processes, started (and ready) when this returns."""
+    """`processes` decode processes, started (and ready) when this returns. With `here`, a
+    call for the only request in flight, made while nothing is being decoded, runs in the
+    server's own decode thread instead: it has nothing to overlap with, and the pipes would
+    add their round trip (about 0.7 ms here) to its latency. Under any concurrency the
+    processes take every call (decoding here would hold the GIL the server needs)."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, here: bool = True) -> None:
         if processes < 1:
             raise ValueError(f"a decode pool needs at least one process, not {processes}")
         self.closed = False
         self._ids = itertools.count()
         self._children = [_Child(self) for _ in range(processes)]
+        self._here = ThreadPoolExecutor(1, thread_name_prefix="glimpse-decode") if here else None
+        self._running_here = 0
+        self._placed: OrderedDict[int, int] = OrderedDict()  # key -> HERE or a child's index
 
-    async def run(self, work: Callable[..., T], *args: Any, key: int | None = None) -> T:
+    async def run(
+        self, work: Callable[..., T], *args: Any, key: int | None = None, alone: bool = False
+    ) -> T:
         """`work(*args)` in a decode process, awaited; `work` is a module-level function and
-        it and `args` pickle. Calls with the same `key` go to the same process (what one
-        keeps, the next finds); without one, to the least busy. The exception `work` raises
-        is raised here; DecoderRestarted when the process died first."""
-        if key is not None:
-            child = self._children[key % len(self._children)]
-        else:
-            child = min(self._children, key=lambda c: len(c.pending))
+        it and `args` pickle. With `alone` (the caller's request is the only one in flight)
+        and every process idle, it runs here instead. A call with a `key` goes where the
+        first call with that key went (what one keeps, the next finds). The exception `work`
+        raises is raised here; DecoderRestarted when the process died first."""
+        place = self._placed.pop(key, None) if key is not None else None
+        if place is None:
+            place = self._choose(alone)
+            if key is not None:
+                self._placed[key] = place
+                while len(self._placed) > PLACED_KEYS:  # keys whose second call never came
+                    self._placed.popitem(last=False)
+        if place == HERE and self._here is not None:
+            self._running_here += 1
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._here, partial(work, *args))
+            finally:
+                self._running_here -= 1
         future: Future[T] = Future()
-        child.send(next(self._ids), (work, args), future)
+        self._children[place].send(next(self._ids), (work, args), future)
         return await asyncio.wrap_future(future)
+
+    def _choose(self, alone: bool) -> int:
+        """HERE for a lone request when nothing is being decoded anywhere (and the pool may),
+        else the index of the process with the fewest calls in hand."""
+        if (
+            alone
+            and self._here is not None
+            and not self._running_here
+            and all(not c.pending for c in self._children)
+        ):
+            return HERE
+        return min(range(len(self._children)), key=lambda i: len(self._children[i].pending))
 
     def pids(self) -> list[int]:
         """The decode processes' PIDs."""
@@ -92,6 +132,8 @@ class DecodePool:
         """End every process: each finishes what it was sent, then its stdin closes; one that
         has not ended after STOP_SECONDS is killed."""
         self.closed = True
+        if self._here is not None:
+            self._here.shutdown(wait=True)
         for child in self._children:
             child.stop()
 

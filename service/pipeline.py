@@ -108,6 +108,7 @@ class Pipeline:
             self.limits,
             deadline,
             self.runtime.decoders,
+            self.runtime.alone,
         )
 
     def _check_inputs(self, inputs: list[Payload]) -> None:

@@ -158,6 +158,10 @@ class Runtime:
         await asyncio.to_thread(model.worker.close, None)
         shutil.rmtree(model.archive.model_dir, ignore_errors=True)
 
+    def alone(self) -> bool:
+        """True while at most one request is in flight on all the models together."""
+        return sum(model.active for model in self.models.values()) <= 1
+
     def get(self, name: str) -> Model:
         model = self.models.get(name)
         if model is None:

@@ -32,7 +32,8 @@ MAX_PIXELS = 1_000_000
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[DecodePool]:
-    pool = DecodePool(1)
+    """A pool whose calls always go to its process, never to the server's own thread."""
+    pool = DecodePool(1, here=False)
     yield pool
     pool.close()
 
@@ -95,7 +96,7 @@ def test_kept_pictures_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_decode_process_that_dies_is_replaced() -> None:
-    pool = DecodePool(1)
+    pool = DecodePool(1, here=False)
     try:
         (first,) = pool.pids()
         with pytest.raises(DecoderRestarted, match="retry"):
@@ -116,7 +117,7 @@ def test_a_decode_process_that_dies_is_replaced() -> None:
 
 
 def test_signals_for_the_process_group_leave_a_decode_process_alone_and_close_ends_it() -> None:
-    pool = DecodePool(2)
+    pool = DecodePool(2, here=False)
     pids = pool.pids()
     for pid in pids:
         os.kill(pid, signal.SIGINT)
@@ -125,6 +126,32 @@ def test_signals_for_the_process_group_leave_a_decode_process_alone_and_close_en
     assert pool.pids() == pids
     pool.close()
     assert all(not _running(pid) for pid in pids)
+
+
+def test_a_lone_request_decodes_here_and_any_other_in_the_processes() -> None:
+    pool = DecodePool(1)
+    (child,) = pool.pids()
+
+    async def main() -> list[int]:
+        slow = asyncio.ensure_future(pool.run(time.sleep, 0.5, alone=True))  # idle: here
+        await asyncio.sleep(0.1)
+        busy = await pool.run(os.getpid, key=7, alone=True)  # something is decoding: a process
+        await slow
+        return [
+            busy,
+            await pool.run(os.getpid, alone=False),  # not alone: a process
+            await pool.run(os.getpid, alone=True),  # alone and idle: here
+            await pool.run(os.getpid, key=7, alone=True),  # key 7's second call: where it went
+            await pool.run(os.getpid, key=8, alone=True),
+            await pool.run(os.getpid, key=8, alone=False),  # follows key 8's first call: here
+        ]
+
+    try:
+        places = asyncio.run(main())
+    finally:
+        pool.close()
+    here = os.getpid()
+    assert places == [child, child, here, child, here, here]
 
 
 def test_the_server_decodes_in_one_process_that_ends_with_it(

@@ -98,6 +98,7 @@ class Call:
     limits: Limits = DEFAULT_LIMITS
     deadline: Deadline | None = None
     decoders: DecodePool | None = None  # the runtime's decode processes, if it has any
+    alone: Callable[[], bool] = lambda: False  # True while this is the only request in flight
 
     async def within(self, work: Awaitable[T]) -> T:
         """Await `work` until the deadline; DeadlineExceeded once it passes (work still queued
@@ -157,7 +158,7 @@ class Call:
         if self.decoders is None:
             return await self.in_thread(stage, partial(work, *args))
         with self.timings.stage(stage):
-            return await self.decoders.run(work, *args, key=key)
+            return await self.decoders.run(work, *args, key=key, alone=self.alone())
 
 
 @dataclass
