@@ -27,7 +27,7 @@ the calls it had with `DecoderRestarted` (503), and a new child takes the next o
 `--decode-processes N` (GLIMPSE_DECODE_PROCESSES) sets how many; the default is one on a
 machine of two cores or more, none on one core (then the codec threads decode).
 
-Example: ``pool = DecodePool(1); decoded = await pool.run(decode_uploads, [png], 10**7, t, False)``
+Example: ``pool = DecodePool(1); inputs = await pool.run(decode_uploads, [png], 10**7, t)``
 """
 
 from __future__ import annotations
@@ -230,9 +230,10 @@ class _Child:
             except Exception as exc:  # noqa: BLE001 - logged; every later call is refused
                 log.critical("no decode process could be started: %s", exc, exc_info=True)
                 self.broken = f"image decoding is unavailable ({exc}); restart glimpse"
-                self._fail_queued(outbox)
+                self._fail_queued()
 
-    def _fail_queued(self, outbox: queue.SimpleQueue[bytes | None]) -> None:
+    def _fail_queued(self) -> None:
+        """Refuse the calls that were sent while a new process was being started, in vain."""
         with self._lock:
             lost, self.pending = self.pending, {}
         for future in lost.values():
