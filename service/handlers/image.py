@@ -84,7 +84,10 @@ class ImageHandler(GlimpseHandler):
         keep = frozenset({self.default_layer} if self.default_layer else ())
         self.lean, reason = lean_copy(model, example, keep)
         self.lean_layers = keep if self.lean is not None else frozenset()
-        self._modules: dict[int, dict[str, nn.Module]] = {}  # id(network) -> its named modules
+        # Each network's layers by name, for hooks: named_modules() walks the whole model.
+        self._named: dict[bool, dict[str, nn.Module]] = {False: dict(model.named_modules())}
+        if self.lean is not None:
+            self._named[True] = dict(self.lean.named_modules())
         if self.lean is None:
             log.info("%s: forward passes run the model as built: %s", meta.get("name", "?"), reason)
 
@@ -142,14 +145,11 @@ class ImageHandler(GlimpseHandler):
         return Inference(inputs, probabilities, activations)
 
     def module(self, name: str, lean: bool = False) -> nn.Module:
-        """The layer called `name` of the model as built (or, with `lean`, of the lean copy),
-        looked up in a table made once: `named_modules()` walks the whole model per call."""
-        network = self.lean if lean and self.lean is not None else self.network
-        table = self._modules.get(id(network))
-        if table is None:
-            table = self._modules[id(network)] = dict(network.named_modules())
-        found = table.get(name)
-        return found if found is not None else find_layer(network, name)  # its clear KeyError
+        """The layer called `name` of the model as built (or, with `lean`, of the lean copy)."""
+        found = self._named[lean and self.lean is not None].get(name)
+        if found is None:  # find_layer's KeyError names the layers there are
+            return find_layer(self.lean if lean and self.lean is not None else self.network, name)
+        return found
 
     def layer_for(self, explainer: Explainer) -> str | None:
         """The layer `explainer` reads: its `layer` option, else the default. SchemaError when
@@ -193,10 +193,6 @@ class ImageHandler(GlimpseHandler):
             self.tail if name is not None and name == self.default_layer else None,
         )
         return explainer.attribute(batch)
-
-    def overlay_box(self, image: Image.Image) -> tuple[float, float, float, float]:
-        """The part of `image` (left, top, right, bottom) that the model's input shows."""
-        return self.transform.source_box(*image.size)
 
     def describe(self) -> dict[str, Any]:
         return {
