@@ -14,41 +14,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from service.archive import open_archive
 from service.explain import build
-from service.explain.base import blur
 from service.handlers.image import ImageHandler
 from training.evaluate import EVAL_SEED
+from training.faithfulness import STEPS, curve
 from training.shapes import make_shapes
-
-
-def curve(
-    handler: ImageHandler,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    scores: np.ndarray,
-    logit: bool,
-    steps: int = 20,
-) -> list[float]:
-    """The mean target probability (or logit) at each fraction of pixels inserted."""
-    n, _, height, width = inputs.shape
-    order = torch.from_numpy(np.argsort(-scores.reshape(n, -1), axis=1, kind="stable").copy())
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(height * width).expand(n, -1).contiguous())
-    rank = rank.view(n, 1, height, width)
-    blurred, points = blur(inputs), []
-    for step in range(steps + 1):
-        mixed = torch.where(rank < round(step / steps * height * width), inputs, blurred)
-        with torch.no_grad():
-            if logit:
-                out = handler.network(mixed)
-            else:
-                out = handler.infer(mixed, capture=False).probabilities
-        points.append(float(out.gather(1, targets.view(-1, 1)).mean()))
-    return points
 
 
 def main() -> None:
@@ -74,8 +47,8 @@ def main() -> None:
             }
         for name, scores in rankings.items():
             for logit in (False, True):
-                points = curve(handler, inputs, targets, scores, logit)
-                shown = " ".join(f"{p:.3f}" for p in points[::4])
+                points = curve(handler, inputs, targets, scores, insert=True, logit=logit)
+                shown = " ".join(f"{p:.3f}" for p in points[:: STEPS // 5])
                 what = "logit" if logit else "probability"
                 print(f"{name:<36} {what:<11} AUC {np.mean(points):.3f}  every 20%: {shown}")
 

@@ -43,6 +43,7 @@ from training.faithfulness import (
     SceneScores,
     class_pointing,
     completeness,
+    curve,
     deletion_insertion,
     full_size,
     pointing_game,
@@ -51,7 +52,7 @@ from training.faithfulness import (
 from training.reports import write_reports
 from training.shapes import ScenesData, ShapesData, make_scenes, make_shapes
 
-__all__ = ["evaluate_archive", "pointing_game", "score_methods"]
+__all__ = ["evaluate_archive", "score_methods"]
 
 EVAL_SEED = 20_000  # neither the training nor the training-time test seed
 SCENE_SEED = 30_000  # the two-object scenes'
@@ -112,7 +113,9 @@ def score_methods(handler: ImageHandler, data: ShapesData) -> tuple[str, dict[st
         all_maps[name] = maps
         deltas = [abs(e["convergence_delta"]) for e in attribution.extras]
         signed = REGISTRY[name].signed
-        by_value = deletion_insertion(handler, inputs, targets, full)[1] if signed else None
+        by_value = (
+            float(np.mean(curve(handler, inputs, targets, full, insert=True))) if signed else None
+        )
         scores.append(
             Score(
                 name,

@@ -58,9 +58,23 @@ def ranking(maps: np.ndarray, signed: bool) -> np.ndarray:
 def deletion_insertion(
     handler: ImageHandler, inputs: torch.Tensor, targets: torch.Tensor, scores: np.ndarray
 ) -> tuple[float, float]:
-    """Mean target probability over STEPS+1 fractions of pixels deleted / inserted, highest
-    `scores` [N, H, W] first (ties in a fixed random order); the blurred copy of each image
-    is what deleted pixels become and what pixels are inserted into."""
+    """The means of the deletion and the insertion `curve` for `scores` [N, H, W]."""
+    deletion = curve(handler, inputs, targets, scores, insert=False)
+    insertion = curve(handler, inputs, targets, scores, insert=True)
+    return float(np.mean(deletion)), float(np.mean(insertion))
+
+
+def curve(
+    handler: ImageHandler,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    scores: np.ndarray,
+    insert: bool,
+    logit: bool = False,
+) -> list[float]:
+    """The mean target probability (or, with `logit`, logit) at STEPS+1 fractions of pixels
+    inserted into the blurred copy of each image (`insert`) or deleted from it (replaced by
+    the blurred copy), highest `scores` [N, H, W] first, ties in a fixed random order."""
     n, _, height, width = inputs.shape
     blurred = blur(inputs)
     flat = scores.reshape(n, -1)
@@ -69,17 +83,17 @@ def deletion_insertion(
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(height * width).expand(n, -1).contiguous())
     rank = rank.view(n, 1, height, width)
-    deletion, insertion = [], []
+    points = []
     for step in range(STEPS + 1):
         top = rank < round(step / STEPS * height * width)
-        deletion.append(_probability(handler, torch.where(top, blurred, inputs), targets))
-        insertion.append(_probability(handler, torch.where(top, inputs, blurred), targets))
-    return float(np.mean(deletion)), float(np.mean(insertion))
-
-
-def _probability(handler: ImageHandler, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    probabilities = handler.infer(inputs, capture=False).probabilities
-    return float(probabilities.gather(1, targets.view(-1, 1)).mean())
+        mixed = torch.where(top, inputs, blurred) if insert else torch.where(top, blurred, inputs)
+        if logit:
+            with torch.no_grad():
+                out = handler.network(mixed)
+        else:
+            out = handler.infer(mixed, capture=False).probabilities
+        points.append(float(out.gather(1, targets.view(-1, 1)).mean()))
+    return points
 
 
 @dataclass

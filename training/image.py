@@ -17,11 +17,10 @@ import torch.nn.functional as F
 
 from service.explain import ImageBatch, build
 from service.hooks import capture_output, find_layer
-from service.render import upsample
 from training.architectures import cnn as cnn_arch
 from training.archive import write_archive
 from training.augment import augment
-from training.faithfulness import pointing_game
+from training.faithfulness import full_size, pointing_game
 from training.imagefolder import load_image_folder
 from training.loop import fit_one_cycle, shuffled
 from training.lr_find import LRFindResult, lr_find
@@ -231,8 +230,7 @@ def evaluate(
     if test.boxes is not None:
         batch = ImageBatch(model, layer, inputs, predictions, seen.output)
         maps = build("image", "activation", {}).attribute(batch).maps
-        size = test.images.shape[1]
-        full = np.stack([upsample(m, (size, size)) for m in maps])
+        full = full_size(maps, test.images.shape[1])
         result["pointing_game_activation"] = pointing_game(full, test.boxes)
     return result
 
