@@ -127,9 +127,14 @@ def new_model(config: ImageConfig, num_classes: int) -> cnn_arch.SmallResNet:
 
 
 def find_lr(
-    config: ImageConfig, model: torch.nn.Module, stage: Stage, num: int = 100
+    config: ImageConfig,
+    model: torch.nn.Module,
+    stage: Stage,
+    num: int = 100,
+    rule: str = "minimum",
 ) -> LRFindResult:
-    """The range test on `stage`'s batches; the model comes back unchanged."""
+    """The range test on `stage`'s batches, its suggestion by `rule`; the model comes back
+    unchanged."""
     generator = torch.Generator().manual_seed(config.seed + 1)
     batches, _ = stage.batches(config.batch_size, generator)
     return lr_find(
@@ -139,6 +144,7 @@ def find_lr(
         num=num,
         weight_decay=config.weight_decay,
         desc="lr-find cnn",
+        rule=rule,
     )
 
 

@@ -220,7 +220,8 @@ def command(args: Any) -> LRFindResult:
         config = ImageConfig(data=args.data, n_train=args.n_train)
         torch.manual_seed(config.seed)
         stage = load_stage(config, SIZE)
-        result = find_lr(config, new_model(config, len(stage.train.classes)), stage, args.num)
+        network = new_model(config, len(stage.train.classes))
+        result = find_lr(config, network, stage, args.num, args.rule)
     else:
         from training.tabular import TabularConfig, build_model, prepare
         from training.tabular import find_lr as find_tabular_lr
@@ -233,9 +234,9 @@ def command(args: Any) -> LRFindResult:
         torch.manual_seed(table.seed)
         prepared = prepare(table)
         model, _ = build_model(prepared.procs, prepared.y_train, table)
-        result = find_tabular_lr(model, prepared.x_train, prepared.y_train, table, args.num)
-    if args.rule != "minimum":
-        suggest(result, args.rule)
+        result = find_tabular_lr(
+            model, prepared.x_train, prepared.y_train, table, args.num, args.rule
+        )
     path = plot(result, args.out / f"lr_find_{args.model}.png", f"lr-find: {args.model}")
     print(result.describe())
     print(f"wrote {path}")

@@ -308,8 +308,10 @@ def find_lr(
     y: torch.Tensor,
     config: TabularConfig,
     num: int = 100,
+    rule: str = "minimum",
 ) -> LRFindResult:
-    """The range test on the training batches; the model comes back unchanged."""
+    """The range test on the training batches, its suggestion by `rule`; the model comes back
+    unchanged."""
     generator = torch.Generator().manual_seed(config.seed + 1)
     batches, _ = make_batches(x, y, config.batch_size, generator)
     return lr_find(
@@ -320,6 +322,7 @@ def find_lr(
         weight_decay=config.weight_decay,
         threads=1,
         desc="lr-find tabular",
+        rule=rule,
     )
 
 
