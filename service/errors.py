@@ -22,6 +22,14 @@ class GlimpseError(Exception):
         return {"code": self.code, "message": self.message}
 
 
+def as_glimpse_error(error: BaseException) -> GlimpseError:
+    """`error` itself when it is a client-facing error, else a 500 `internal` naming it: the
+    one place a bug becomes an answer, for every door."""
+    if isinstance(error, GlimpseError):
+        return error
+    return GlimpseError(f"internal error: {error!r}")
+
+
 class BadInput(GlimpseError):
     status, grpc_status, code = 400, "INVALID_ARGUMENT", "bad_input"
 

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.auth import grpc_interceptors
 from service.config import Settings
-from service.errors import GlimpseError, Overloaded
+from service.errors import GlimpseError, Overloaded, as_glimpse_error
 from service.grpc_codec import (
     decode_inputs,
     encode_explanation,
@@ -88,7 +88,7 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, TimeoutError):
         message = "the call's deadline passed before the result was ready; allow more time"
         return grpc.StatusCode.DEADLINE_EXCEEDED, message
-    return grpc.StatusCode.INTERNAL, f"internal error: {exc!r}"
+    return grpc.StatusCode.INTERNAL, as_glimpse_error(exc).message
 
 
 class GlimpseServicer(pb_grpc.GlimpseServicer):

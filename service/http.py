@@ -23,7 +23,14 @@ from service.answers import explanation_body
 from service.auth import AuthMiddleware, Guard
 from service.config import Settings
 from service.encode import MEDIA_TYPES
-from service.errors import BadInput, Draining, GlimpseError, Overloaded, PayloadTooLarge
+from service.errors import (
+    BadInput,
+    Draining,
+    GlimpseError,
+    Overloaded,
+    PayloadTooLarge,
+    as_glimpse_error,
+)
 from service.lifecycle import Lifecycle
 from service.limits import Gate
 from service.management import add_management_routes
@@ -76,7 +83,8 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"code": "internal", "message": f"internal error: {exc!r}"}, 500)
+        error = as_glimpse_error(exc)
+        return JSONResponse(error.as_json(), error.status)
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
@@ -131,7 +139,7 @@ def create_app(settings: Settings, pipeline: Pipeline) -> FastAPI:
         add_management_routes(app, settings, runtime)
 
     add_page_routes(app)
-    from service.oip_http import oip_router  # it reads this module's encoders: imported here
+    from service.oip_http import oip_router  # it imports this module (read_body, ...): here
 
     app.include_router(oip_router(settings, pipeline))  # Open Inference Protocol v2, KServe v1
 

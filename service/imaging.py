@@ -9,8 +9,12 @@ pixel is decoded, so a decompression bomb costs nothing, and Pillow's own bomb c
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,6 +44,26 @@ def allow_pixels(max_pixels: int) -> None:
     current = Image.MAX_IMAGE_PIXELS
     if current is None or current == PILLOW_DEFAULT_PIXELS or current < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def image_file(where: str, value: Any, hint: str = "") -> bytes:
+    """An image file sent inside JSON: base64 text (also `{"b64": ...}`, KServe's form), or
+    bytes as they came; BadInput naming `where` otherwise, with `hint` appended."""
+    if isinstance(value, Mapping) and "b64" in value:
+        value = value["b64"]
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadInput(
+                f"{where} is not valid base64: an image sent as JSON is the image file in "
+                f"base64{hint}"
+            ) from None
+    raise BadInput(
+        f"{where} must be the image file in base64, as a string, not {type(value).__name__}{hint}"
+    )
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

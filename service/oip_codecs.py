@@ -3,10 +3,8 @@ outputs. `codec_for` is the one place the v2 doors choose by the kind of model."
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,6 +12,7 @@ import numpy as np
 from service.errors import BadInput, SchemaError
 from service.handlers.image import ImageHandler
 from service.handlers.tabular import TabularHandler
+from service.imaging import image_file
 from service.oip_tensors import BYTES, InferTensor, ModelMetadata, TensorSpec
 from service.pipeline import Payload, Tensor
 from service.results import Explanation, ImageResult, Prediction, RowResult
@@ -166,19 +165,7 @@ class TabularCodec:
 
 def image_bytes(where: str, value: Any) -> bytes:
     """An element's image file: bytes as they came, or base64 text (JSON; also `{"b64": ...}`)."""
-    if isinstance(value, Mapping) and "b64" in value:
-        value = value["b64"]
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadInput(
-                f"{where}: an image sent as JSON is the image file in base64; this one is not "
-                "base64 (or send BYTES with the binary tensor extension)"
-            ) from None
-    raise BadInput(f"{where}: an element is {type(value).__name__}, not an image file")
+    return image_file(where, value, " (or send BYTES with the binary tensor extension)")
 
 
 def _scalar(value: Any) -> Any:

@@ -34,7 +34,6 @@ DTYPES: dict[str, str] = {
     "FP64": "<f8",
 }
 BYTES = "BYTES"
-BYTES = "BYTES"
 PLATFORM = "glimpse_pytorch"
 
 

@@ -27,14 +27,13 @@ A bad item fails alone: its answer is glimpse's error object `{"code", "message"
 error's HTTP status set on that item only (`context.set_response_status(status, code, idx)`),
 and the other items of the batch are answered as usual.
 
-Example (what the handlers do): ``return TorchServeDoor(handler).handle(data, context)``
+Example (what `GlimpseHandler.handle` does):
+``return door_for(handler, context).handle(data, context)``
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import os
 from collections.abc import Mapping
@@ -43,9 +42,10 @@ from typing import Any, Protocol
 
 from service.answers import explanation_body
 from service.config import Settings
-from service.errors import BadInput, GlimpseError, SchemaError
+from service.errors import BadInput, SchemaError, as_glimpse_error
 from service.flows import Call, ExplainRequest, Flow, Payload, flow_for
 from service.handlers.base import GlimpseHandler
+from service.imaging import image_file
 from service.limits import DEFAULT_LIMITS, Limits
 from service.metrics import Metrics
 from service.pipeline import explainers_for
@@ -141,8 +141,8 @@ class TorchServeDoor:
             if context is not None:
                 context.set_response_header(idx, BATCH_HEADER, str(len(data)))
             if isinstance(answer, BaseException):
-                error = _as_glimpse_error(answer)
-                if not isinstance(error, GlimpseError) or error.status >= 500:
+                error = as_glimpse_error(answer)
+                if error.status >= 500:
                     logger.error("item %d failed", idx, exc_info=answer)
                 if context is not None:
                     context.set_response_status(error.status, error.code, idx)
@@ -193,12 +193,6 @@ def _is_explain(context: TorchServeContext | None, idx: int) -> bool:
     return context is not None and context.get_request_header(idx, "explain") == "True"
 
 
-def _as_glimpse_error(error: BaseException) -> GlimpseError:
-    if isinstance(error, GlimpseError):
-        return error
-    return GlimpseError(f"internal error: {error!r}")
-
-
 def parse_item(kind: str, raw: Mapping[str, Any], explain: bool) -> Item:
     """One TorchServe request item -> its input and options (see the module's docstring)."""
     fields = {key: value for key, value in raw.items() if key not in INPUT_FIELDS}
@@ -213,7 +207,7 @@ def parse_item(kind: str, raw: Mapping[str, Any], explain: bool) -> Item:
     if isinstance(body, Mapping | list):  # JSON rows, decoded by TorchServe
         payload = Payload(body if isinstance(body, Mapping) else {"rows": body})
     elif isinstance(body, str) and kind == "image":  # base64 text, as KServe's v1 envelope
-        payload = Payload(_base64(body))  # and TorchServe's own image handler take it
+        payload = Payload(image_file("the body", body))  # and TorchServe's image handler
     elif isinstance(body, bytes | bytearray | str):  # a file, or text TorchServe decoded
         payload = Payload(body.encode() if isinstance(body, str) else bytes(body))
     else:
@@ -234,10 +228,8 @@ def _from_json(kind: str, body: Mapping[str, Any], explain: bool) -> Item:
         if kind != "tabular":
             raise BadInput('this is an image model: send {"data": "<base64 image>"}, not rows')
         payload = Payload({"rows": body["rows"]})
-    else:
-        if kind != "image":
-            raise BadInput('this is a tabular model: send {"rows": [...]}, not "data"')
-        payload = Payload(_base64(body["data"]))
+    else:  # "data", which parse_item sends here for image models only
+        payload = Payload(image_file('"data"', body["data"]))
     params = body.get("params", {})
     if not isinstance(params, Mapping):
         raise SchemaError(f'"params" must be an object of method parameters, got {params!r}')
@@ -280,15 +272,6 @@ def _scalar(name: str, value: Any) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     raise SchemaError(f"{name!r} must be a string or a number, got {value!r}")
-
-
-def _base64(value: Any) -> bytes:
-    if not isinstance(value, str):
-        raise BadInput('"data" must be the image file in base64, as a string')
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInput('"data" is not valid base64: send the image file in base64') from None
 
 
 def door_for(handler: GlimpseHandler, context: Any) -> TorchServeDoor:

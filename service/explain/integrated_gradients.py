@@ -93,7 +93,7 @@ class IntegratedGradients(Explainer):
 
     def __init__(self, kind: str | None = None, /, **raw: Any) -> None:
         super().__init__(kind, **raw)
-        self.schedule()  # refuses steps above max_steps with delta_tol, on entry
+        self.tries = self.schedule()  # refuses steps above max_steps with delta_tol, on entry
 
     def schedule(self) -> list[int]:
         """The path lengths tried: `steps` alone, or with delta_tol `steps`, doubled up to
@@ -115,7 +115,7 @@ class IntegratedGradients(Explainer):
     def cost(self, model_input: ModelInput) -> int:
         """One evaluation per path point, from each reference row (tabular); with delta_tol,
         the worst case: every try of the schedule, up to max_steps."""
-        return sum(self.schedule()) * model_input.references
+        return sum(self.tries) * model_input.references
 
     def attribute(self, batch: ImageBatch) -> Attribution:
         """[N, H, W]: attributions to each pixel for the target class, summed over channels."""
@@ -125,11 +125,11 @@ class IntegratedGradients(Explainer):
         inputs = batch.inputs.detach()
         baselines = blur(inputs) if self.options["baseline"] == "blur" else torch.zeros_like(inputs)
         ig = CaptumIG(batch.model)
+        # Path points per pass: bounded by elements, and never fewer than the inputs (Captum
+        # takes at least one step for every input in each pass).
+        points = per_pass(inputs[0].numel(), self.options["internal_batch_size"])
 
         def integrate(rows: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-            # Path points per pass: bounded by elements, and never fewer than the inputs
-            # (Captum takes at least one step for every input in each pass).
-            points = per_pass(inputs[0].numel(), self.options["internal_batch_size"])
             attributions, delta = ig.attribute(
                 inputs[rows],
                 baselines=baselines[rows],
@@ -157,7 +157,7 @@ class IntegratedGradients(Explainer):
         parts: list[torch.Tensor] = []
         delta = torch.zeros(n, dtype=torch.float64)
         used = torch.zeros(n, dtype=torch.int64)
-        for steps in self.schedule():
+        for steps in self.tries:
             found, found_delta = integrate(rows, steps)
             if not parts:
                 parts = [torch.zeros((n, *p.shape[1:]), dtype=p.dtype) for p in found]

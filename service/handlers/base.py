@@ -1,11 +1,12 @@
 """What every glimpse handler shares: rebuild the model from the archive alone.
 
 TorchServe calls `initialize(context)` once and `handle(data, context)` per
-batch; glimpse's runtime calls the same two methods (with a context of the
-same shape) plus the richer `explain` API. BaseHandler's own loader cannot
-rebuild a model from architecture arguments, so this one does: import the
-architecture file shipped in the archive, build the class named in
-metadata.json with its arguments, then `load_state_dict(weights_only=True)`.
+batch (answered through the model's flow, service.torchserve); glimpse's runtime
+calls `initialize` with a context of the same shape and then uses the flows.
+BaseHandler's own loader cannot rebuild a model from architecture arguments,
+so this one does: import the architecture file shipped in the archive, build
+the class named in metadata.json with its arguments, then
+`load_state_dict(weights_only=True)`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from service.decoding import decode_upload
 from service.errors import SchemaError
 from service.explain import REGISTRY, Attribution, Explainer, ImageBatch, methods_for
 from service.handlers.base import GlimpseHandler
@@ -110,9 +109,6 @@ class ImageHandler(GlimpseHandler):
         return self.model
 
     # -- the stages, each usable on its own --------------------------------------------------
-    def decode(self, payload: Any) -> Image.Image:
-        return decode_upload(payload, self.max_pixels, self.transform)
-
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB images of any size -> [N, 3, H, W] normalised float tensor."""
         return self.transform(images)
