@@ -40,8 +40,6 @@ from service.pipeline import ExplainRequest, Payload, Pipeline, PredictRequest
 from service.results import MapResult
 from service.web import add_page_routes
 
-ROUTE_PARAMS = {"methods", "method", "target", "overlay", "format"}
-
 
 class FastJSON(Response):
     """JSON written by orjson: the explanation bodies are long lists of floats."""
@@ -182,20 +180,7 @@ async def read_inputs(request: Request, settings: Settings) -> list[Payload]:
 
 
 def explain_request(name: str, inputs: list[Any], request: Request) -> ExplainRequest:
-    query = request.query_params
-    raw_methods = query.get("methods") or query.get("method") or ""
-    methods = [m.strip() for m in raw_methods.split(",") if m.strip()]
-    params = {k: v for k, v in query.items() if k not in ROUTE_PARAMS}
-    overlay = query.get("overlay", "true").lower() not in ("0", "false", "no")
-    return ExplainRequest(
-        name,
-        inputs,
-        methods,
-        query.get("target"),
-        params,
-        overlay,
-        query.get("format", "png").lower(),
-    )
+    return ExplainRequest.from_options(name, inputs, request.query_params)
 
 
 def overlay_headers(result: MapResult) -> dict[str, str]:

@@ -44,6 +44,7 @@ from service.answers import explanation_body
 from service.config import Settings
 from service.errors import BadInput, SchemaError, as_glimpse_error
 from service.flows import Call, ExplainRequest, Flow, Payload, flow_for
+from service.flows.base import ROUTE_OPTIONS
 from service.handlers.base import GlimpseHandler
 from service.imaging import image_file
 from service.limits import DEFAULT_LIMITS, Limits
@@ -55,8 +56,7 @@ logger = logging.getLogger(__name__)
 
 # The fields that are not method parameters: the input, and glimpse's own route parameters.
 INPUT_FIELDS = ("data", "file", "body")
-ROUTE_FIELDS = frozenset({"methods", "method", "target", "overlay", "format"})
-JSON_FIELDS = ROUTE_FIELDS | {"data", "rows", "params"}
+JSON_FIELDS = ROUTE_OPTIONS | {"data", "rows", "params"}
 # Each answer says how many requests its TorchServe batch held, e.g. `X-Glimpse-Batch: 4`.
 BATCH_HEADER = "X-Glimpse-Batch"
 
@@ -73,15 +73,12 @@ class TorchServeContext(Protocol):
 
 @dataclass
 class Item:
-    """One request of a TorchServe batch: its input, and for an explanation what to explain."""
+    """One request of a TorchServe batch: its input, and for an explanation its options as
+    text (glimpse's query parameters: see ExplainRequest.from_options)."""
 
     explain: bool
     payload: Payload
-    methods: list[str] = field(default_factory=list)
-    target: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    overlay: bool = True
-    overlay_format: str = "png"
+    options: dict[str, str] = field(default_factory=dict)
 
 
 class BatchRunner:
@@ -174,15 +171,7 @@ class TorchServeDoor:
         if not item.explain:
             predictions = await self.flow.predict(call, [item.payload])
             return predictions[0]
-        request = ExplainRequest(
-            self.name,
-            [item.payload],
-            item.methods,
-            item.target,
-            item.params,
-            item.overlay,
-            item.overlay_format,
-        )
+        request = ExplainRequest.from_options(self.name, [item.payload], item.options)
         explainers = explainers_for(self.handler, request)
         results = await self.flow.explain(call, request, explainers)
         return explanation_body(self.name, results, timings.ms)
@@ -214,7 +203,7 @@ def parse_item(kind: str, raw: Mapping[str, Any], explain: bool) -> Item:
         raise BadInput(f"the body is JSON {type(body).__name__}: send an image file or rows")
     if not explain:
         return Item(False, payload)
-    return _with_options(Item(True, payload), {k: _text(k, v) for k, v in fields.items()})
+    return Item(True, payload, {k: _text(k, v) for k, v in fields.items()})
 
 
 def _from_json(kind: str, body: Mapping[str, Any], explain: bool) -> Item:
@@ -233,23 +222,9 @@ def _from_json(kind: str, body: Mapping[str, Any], explain: bool) -> Item:
     params = body.get("params", {})
     if not isinstance(params, Mapping):
         raise SchemaError(f'"params" must be an object of method parameters, got {params!r}')
-    options = {k: _scalar(k, v) for k, v in body.items() if k in ROUTE_FIELDS}
+    options = {k: _scalar(k, v) for k, v in body.items() if k in ROUTE_OPTIONS}
     options.update({str(k): _scalar(str(k), v) for k, v in params.items()})
-    item = Item(explain, payload)
-    return _with_options(item, options) if explain else item
-
-
-def _with_options(item: Item, options: dict[str, str]) -> Item:
-    """Route fields as glimpse's own query parameters: methods, target, overlay, format, and
-    every other name a method parameter."""
-    raw_methods = options.pop("methods", None) or options.pop("method", None) or ""
-    options.pop("method", None)
-    item.methods = [m.strip() for m in raw_methods.split(",") if m.strip()]
-    item.target = options.pop("target", None)
-    item.overlay = options.pop("overlay", "true").lower() not in ("0", "false", "no")
-    item.overlay_format = options.pop("format", "png").lower()
-    item.params = options
-    return item
+    return Item(explain, payload, options if explain else {})
 
 
 def _text(name: str, value: Any) -> str:

@@ -79,6 +79,28 @@ class ExplainRequest:
         if self.overlay_format not in FORMATS:
             raise SchemaError(f"format must be one of {list(FORMATS)}, got {self.overlay_format!r}")
 
+    @classmethod
+    def from_options(
+        cls, model: str, inputs: list[Payload], options: Mapping[str, str]
+    ) -> ExplainRequest:
+        """A request from glimpse's explanation options as text (HTTP's query parameters,
+        TorchServe's fields): `methods` (or `method`), `target`, `overlay`, `format`, and every
+        other name a method parameter."""
+        raw_methods = options.get("methods") or options.get("method") or ""
+        return cls(
+            model,
+            inputs,
+            [m.strip() for m in raw_methods.split(",") if m.strip()],
+            options.get("target"),
+            {k: v for k, v in options.items() if k not in ROUTE_OPTIONS},
+            options.get("overlay", "true").lower() not in ("0", "false", "no"),
+            options.get("format", "png").lower(),
+        )
+
+
+# The explanation options that are not method parameters.
+ROUTE_OPTIONS = frozenset({"methods", "method", "target", "overlay", "format"})
+
 
 class Runner(Protocol):
     """A model's queue: its worker runs jobs in batches and answers each job."""
