@@ -90,8 +90,11 @@ class BatchRunner:
         self.flow = flow
         self.jobs: list[tuple[Any, asyncio.Future[Any]]] = []
         self.changed = asyncio.Event()
+        self.ran = False
 
     async def run(self, job: Any) -> Any:
+        if self.ran:  # nothing would ever answer it: fail loudly instead of hanging the batch
+            raise RuntimeError("a second job for one request after its TorchServe batch ran")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.jobs.append((job, future))
         self.changed.set()
@@ -106,6 +109,7 @@ class BatchRunner:
         while len(self.jobs) + sum(task.done() for task in tasks) < len(tasks):
             await self.changed.wait()
             self.changed.clear()
+        self.ran = True
         if self.jobs:
             try:
                 answers = self.flow.process([(job, 0.0) for job, _ in self.jobs])
