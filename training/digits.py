@@ -35,7 +35,7 @@ from service.hooks import capture_output, find_layer
 from training.architectures import cnn as cnn_arch
 from training.archive import write_archive
 from training.image import normalise, to_tensor
-from training.loop import fit_one_cycle, shuffled
+from training.loop import epoch_batches, fit_one_cycle
 from training.shapes import ShapesData
 
 CLASSES = tuple(str(d) for d in range(10))
@@ -141,11 +141,12 @@ def train_model(
     if model is None:
         model = cnn_arch.SmallResNet(len(CLASSES), widths=config.widths, strides=config.strides)
     generator = torch.Generator().manual_seed(config.seed)
-    steps = math.ceil(len(y_train) / config.batch_size)
-
-    def batches(epoch: int) -> Any:
-        for index in shuffled(len(y_train), config.batch_size, steps, generator):
-            yield normalise(jitter(x_train[index], generator), mean, std), y_train[index]
+    batches, steps = epoch_batches(
+        len(y_train),
+        config.batch_size,
+        generator,
+        lambda index: (normalise(jitter(x_train[index], generator), mean, std), y_train[index]),
+    )
 
     fit_one_cycle(
         model,

@@ -31,7 +31,6 @@ once: the baseline that fine-tuning must beat.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from service.handlers.image import ImageHandler
 from service.handlers.torchserve_image import TorchServeImageHandler
 from training.archive import write_archive
 from training.imagefolder import load_image_folder
-from training.loop import fit_one_cycle, shuffled
+from training.loop import epoch_batches, fit_one_cycle
 from training.shapes import ShapesData
 
 
@@ -238,11 +237,9 @@ def train_head_then_body(
     """Frozen-body epochs then unfrozen discriminative epochs (or, from scratch, one phase)."""
     y = torch.from_numpy(data.labels)
     generator = torch.Generator().manual_seed(config.seed)
-    steps = math.ceil(len(y) / config.batch_size)
-
-    def batches(epoch: int) -> Any:
-        for index in shuffled(len(y), config.batch_size, steps, generator):
-            yield x[index], y[index]
+    batches, steps = epoch_batches(
+        len(y), config.batch_size, generator, lambda index: (x[index], y[index])
+    )
 
     def fit(epochs: int, groups: list[tuple[list[nn.Parameter], float]], desc: str) -> None:
         fit_one_cycle(

@@ -6,7 +6,6 @@ heatmap is scored by the pointing game), or an ImageFolder-style directory.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from training.archive import write_archive
 from training.augment import augment
 from training.faithfulness import full_size, pointing_game
 from training.imagefolder import load_image_folder
-from training.loop import fit_one_cycle, shuffled
+from training.loop import epoch_batches, fit_one_cycle
 from training.lr_find import LRFindResult, lr_find
 from training.shapes import ShapesData, make_shapes
 
@@ -105,14 +104,12 @@ class Stage:
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Any:
         """`batches(epoch)` for the fit loop: shuffled, augmented, normalised mini-batches."""
-        steps = math.ceil(len(self.train) / batch_size)
 
-        def batches(epoch: int) -> Any:
-            for index in shuffled(len(self.train), batch_size, steps, generator):
-                images = augment(self.x_train[index], generator)
-                yield normalise(images, self.mean, self.std), self.y_train[index]
+        def take(index: torch.Tensor) -> Any:
+            images = augment(self.x_train[index], generator)
+            return normalise(images, self.mean, self.std), self.y_train[index]
 
-        return batches, steps
+        return epoch_batches(len(self.train), batch_size, generator, take)
 
 
 def load_stage(config: ImageConfig, size: int) -> Stage:

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
 
 
-def shuffled(
-    n: int, batch_size: int, steps: int, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """One epoch's mini-batch indices into `n` samples: a fresh permutation from `generator`,
-    cut into `steps` slices of `batch_size` (the last may be shorter)."""
-    order = torch.randperm(n, generator=generator)
-    for i in range(steps):
-        yield order[i * batch_size : (i + 1) * batch_size]
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    take: Callable[[torch.Tensor], T],
+    whole: bool = False,
+) -> tuple[Callable[[int], Iterator[T]], int]:
+    """`batches(epoch)` for `fit_one_cycle`, and the steps per epoch: each epoch a fresh
+    permutation of `n` samples from `generator`, cut into slices of `batch_size` (the last
+    may be shorter; with `whole`, only whole ones, at least one), each slice's indices
+    turned into a batch by `take`."""
+    steps = max(1, n // batch_size) if whole else math.ceil(n / batch_size)
+
+    def batches(epoch: int) -> Iterator[T]:
+        order = torch.randperm(n, generator=generator)
+        for i in range(steps):
+            yield take(order[i * batch_size : (i + 1) * batch_size])
+
+    return batches, steps
 
 
 def fit_one_cycle(

@@ -35,7 +35,7 @@ from service.procs import (
 from training import rossmann
 from training.architectures import tabular as tabular_arch
 from training.archive import write_archive
-from training.loop import fit_one_cycle, shuffled
+from training.loop import epoch_batches, fit_one_cycle
 from training.lr_find import LRFindResult, lr_find
 
 
@@ -293,13 +293,9 @@ def make_batches(
 ) -> tuple[Any, int]:
     """`batches(epoch)` of ((codes, cont), log target), shuffled; and the steps per epoch."""
     codes, cont = torch.from_numpy(x[0]), torch.from_numpy(x[1])
-    steps = max(1, len(y) // batch_size)  # full batches only: BatchNorm needs > 1 row
-
-    def batches(epoch: int) -> Any:
-        for index in shuffled(len(y), batch_size, steps, generator):
-            yield (codes[index], cont[index]), y[index]
-
-    return batches, steps
+    return epoch_batches(  # whole batches only: BatchNorm needs more than one row
+        len(y), batch_size, generator, lambda i: ((codes[i], cont[i]), y[i]), whole=True
+    )
 
 
 def find_lr(
