@@ -60,6 +60,8 @@ log = logging.getLogger("glimpse")
 _HEADER = struct.Struct(">QBI")
 _CHILD = "from service.decode_pool import serve; serve()"
 HERE = -1  # a call's place: the server's own decode thread
+# A child's BLAS takes one thread, whichever numpy was built with (see service.threads).
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 PLACED_KEYS = 1024  # keys remembered until their second call
 STOP_SECONDS = 10.0
 _RESTARTED = (
@@ -152,7 +154,10 @@ class _Child:
     def _start(self, outbox: queue.SimpleQueue[bytes | None]) -> subprocess.Popen[bytes]:
         """A new process, ready (its imports done), with its threads reading and writing."""
         process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, **ONE_THREAD},
         )
         assert process.stdout is not None
         if _read_frame(process.stdout) is None:  # it sends its pid once its imports are done

@@ -22,6 +22,19 @@ def test_png_decodes_to_the_same_pixels(size: tuple[int, int]) -> None:
     assert np.array_equal(np.asarray(back), np.asarray(image))
 
 
+@pytest.mark.parametrize(
+    ("grid", "size"),
+    [((12, 12), (256, 256)), ((1, 1), (5, 7)), ((7, 3), (641, 427)), ((20, 30), (10, 5))],
+)
+def test_upsample_is_pillow_s_bilinear_resize(grid: tuple[int, int], size: tuple[int, int]) -> None:
+    """The matrix products give Pillow's own resize (up or down) to float rounding."""
+    values = np.random.default_rng(grid[0]).random(grid).astype(np.float32) * 2 - 1
+    pillow = np.asarray(Image.fromarray(values, mode="F").resize(size, Image.Resampling.BILINEAR))
+    got = render.upsample(values, size)
+    assert got.shape == pillow.shape == (size[1], size[0]) and got.dtype == np.float32
+    assert np.abs(got - pillow).max() <= 1e-6
+
+
 def test_overlay_blends_like_the_float_formula() -> None:
     """Pillow's palette and blend give the picture the numpy formula gives, to one level."""
     image = random_image(64, 48, seed=3)
