@@ -5,8 +5,9 @@ never import torch, or in the codec thread pool; the checks and refusals are the
 either way. An explanation's pictures stay where they were decoded: `decode_uploads`
 keeps them under the request's key, and `draw_overlays`, sent to the same process after
 the forward pass, takes them back, so the pictures never cross a pipe. What is kept is
-bounded (`KEPT_REQUESTS`, `KEPT_PIXELS`; oldest dropped first); a dropped picture is
-decoded again from the upload, which every `draw_overlays` call carries.
+bounded (`KEPT_REQUESTS`, `KEPT_PIXELS`; oldest dropped first). `draw_overlays` is sent
+without the uploads, so they cross the pipe once; when its pictures were dropped it raises
+`Forgotten`, and the caller sends it again with the uploads, to be decoded again.
 
 Example: ``decode_uploads([png_bytes], 50_000_000, handler.transform)`` -> [1, 3, H, W] array
 """
@@ -34,6 +35,11 @@ KEPT_REQUESTS = 256
 KEPT_PIXELS = 64_000_000
 _kept: OrderedDict[int, list[Image.Image]] = OrderedDict()
 _kept_lock = threading.Lock()  # the codec pool's threads share `_kept` when it is in-process
+
+
+class Forgotten(Exception):
+    """`draw_overlays` was sent without the uploads, and their pictures are no longer kept:
+    send it again with them."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def decode_uploads(
 
 def draw_overlays(
     keep: int,
-    uploads: list[bytes | str],
+    uploads: list[bytes | str] | None,
     max_pixels: int,
     transform: ImageTransform,
     fit_pixels: int | None,
@@ -96,10 +102,13 @@ def draw_overlays(
     """Each map, given as (upload index, normalised grid, signed), laid over its upload and
     encoded as `format`, at the upload's size or scaled down to `fit_pixels` (None: no
     limit), stretched over the part of the picture the model saw. The pictures are the ones
-    `decode_uploads` kept under `keep` (then forgotten), or decoded again."""
+    `decode_uploads` kept under `keep` (then forgotten), or `uploads` decoded again;
+    Forgotten when neither is at hand."""
     with _kept_lock:
         images = _kept.pop(keep, None)
     if images is None:
+        if uploads is None:
+            raise Forgotten(f"the pictures kept under {keep} were dropped; send the uploads")
         images = [decode_upload(data, max_pixels, transform) for data in uploads]
     bases: dict[int, tuple[Image.Image, tuple[float, float, float, float], float]] = {}
     drawn = []

@@ -5,6 +5,7 @@ dies replaced, and every process gone when the pool (or the server) stops."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import time
@@ -19,10 +20,13 @@ from PIL import Image
 
 from service import decoding, render
 from service.decode_pool import DecodePool
-from service.decoding import decode_uploads, draw_overlays
+from service.decoding import Forgotten, decode_uploads, draw_overlays
 from service.encode import png
 from service.errors import BadInput, DecoderRestarted, PayloadTooLarge
+from service.flows.base import ExplainRequest, Payload
+from service.pipeline import Pipeline
 from service.preprocess import ImageTransform
+from service.runtime import Runtime
 from tests.servers.glimpse import glimpse
 from training.shapes import make_shapes
 
@@ -75,12 +79,34 @@ def test_overlays_are_drawn_where_the_pictures_were_kept(pool: DecodePool) -> No
     maps = [(0, grid, False), (1, grid, False)]
     run(pool, decode_uploads, files, MAX_PIXELS, TRANSFORM, 41, key=41)
     assert run(pool, eval, "len(__import__('service.decoding').decoding._kept)") == 1
-    drawn = run(pool, draw_overlays, 41, files, MAX_PIXELS, TRANSFORM, None, "png", maps, key=41)
+    # Sent without the uploads, as the flow sends it: the kept pictures are enough.
+    drawn = run(pool, draw_overlays, 41, None, MAX_PIXELS, TRANSFORM, None, "png", maps, key=41)
     assert run(pool, eval, "len(__import__('service.decoding').decoding._kept)") == 0  # taken
-    # Drawn again from the uploads when nothing was kept: the same pictures.
-    again = draw_overlays(99, files, MAX_PIXELS, TRANSFORM, None, "png", maps)
+    # Nothing kept any more: without the uploads that is Forgotten, raised across the pipe ...
+    with pytest.raises(Forgotten):
+        run(pool, draw_overlays, 41, None, MAX_PIXELS, TRANSFORM, None, "png", maps)
+    # ... and with them the pictures are decoded again: the same overlays.
+    again = run(pool, draw_overlays, 41, files, MAX_PIXELS, TRANSFORM, None, "png", maps)
     assert [d.picture for d in drawn] == [d.picture for d in again]
     assert drawn[0].size == (97, 71) and drawn[0].scale == 1.0
+
+
+def test_a_heatmap_whose_pictures_were_dropped_is_drawn_from_its_upload(
+    cnn_archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow sends the draw without the upload; when the bounds on what is kept dropped
+    the pictures (KEPT_REQUESTS=0 keeps none), it sends the upload and gets the same PNG."""
+    file = uploads(1)[0]
+    runtime = Runtime.load([cnn_archive], decode_processes=0)  # in this process: patchable
+    try:
+        pipeline = Pipeline(runtime)
+        kept = asyncio.run(pipeline.heatmap(ExplainRequest("cnn", [Payload(file)])))
+        monkeypatch.setattr(decoding, "KEPT_REQUESTS", 0)
+        dropped = asyncio.run(pipeline.heatmap(ExplainRequest("cnn", [Payload(file)])))
+        assert not decoding._kept
+    finally:
+        runtime.close()
+    assert dropped == kept and Image.open(io.BytesIO(dropped)).size == (97, 71)
 
 
 def test_kept_pictures_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from service import render
-from service.decoding import decode_uploads, draw_overlays
+from service.decoding import Drawn, Forgotten, decode_uploads, draw_overlays
 from service.errors import BadInput, SchemaError, UnsupportedMediaType
 from service.explain import Attribution, Explainer
 from service.explain.base import ModelInput
@@ -195,18 +195,25 @@ class ImageFlow:
         if not maps:
             return
         handler, fmt = self.handler, request.overlay_format
-        drawn = await call.in_process(
-            "encode",
-            draw_overlays,
-            keep,
-            uploads,
-            handler.max_pixels,
-            handler.transform,
-            call.limits.max_overlay_pixels,
-            fmt,
-            maps,
-            key=keep,
-        )
+
+        async def draw(sent: list[bytes | str] | None, key: int | None) -> list[Drawn]:
+            return await call.in_process(
+                "encode",
+                draw_overlays,
+                keep,
+                sent,
+                handler.max_pixels,
+                handler.transform,
+                call.limits.max_overlay_pixels,
+                fmt,
+                maps,
+                key=key,
+            )
+
+        try:  # where the pictures were kept: the uploads need not cross the pipe again
+            drawn = await draw(None, keep)
+        except Forgotten:  # the bounds on what is kept dropped them: decoded again, anywhere
+            drawn = await draw(uploads, None)
         for (target, k), overlay in zip(places, drawn, strict=True):
             target.maps[k] = replace(
                 target.maps[k],
