@@ -117,3 +117,40 @@ def test_memory_stays_flat_over_200_explanations(handler: ImageHandler, result: 
     gc.collect()
     assert len(gc.get_objects()) - objects < 200, "explanations leave Python objects behind"
     assert rss_bytes() - rss < 30_000_000, f"RSS grew by {rss_bytes() - rss} bytes"
+
+
+class _Tail(torch.nn.Module):
+    """The model's tail with an identity layer in front, for Captum to hook."""
+
+    def __init__(self, handler: ImageHandler) -> None:
+        super().__init__()
+        self.layer = torch.nn.Identity()
+        assert handler.tail is not None
+        self.tail = handler.tail
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.layer(activations))
+
+
+def test_gradcam_on_the_tail_gives_captum_s_maps(handler: ImageHandler, result: Inference) -> None:
+    """The tail path writes out Captum's LayerGradCam: the same maps as Captum on the tail
+    (to float rounding), and as Captum on the whole model as built, hooked at the layer
+    (to the lean copy's folding), for a different target per input."""
+    from captum.attr import LayerGradCam
+
+    chosen = torch.tensor([0, 2, 3])
+    ours = handler.explain(result, build("image", "gradcam", {}), chosen).maps
+    assert handler.default_layer is not None
+    activations = result.activations[handler.default_layer]
+    tail = _Tail(handler)
+    on_tail = LayerGradCam(tail, tail.layer).attribute(
+        activations.detach().requires_grad_(), target=chosen, relu_attributions=True
+    )
+    layer = handler.module(handler.default_layer)
+    on_model = LayerGradCam(handler.network, layer).attribute(
+        result.inputs, target=chosen, relu_attributions=True
+    )
+    scale = float(np.abs(ours).max())
+    assert scale > 0
+    assert np.allclose(ours, on_tail.squeeze(1).detach().numpy(), atol=1e-6 * scale)
+    assert np.allclose(ours, on_model.squeeze(1).detach().numpy(), atol=1e-5 * scale)
