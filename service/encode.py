@@ -47,7 +47,7 @@ def encode(image: Image.Image, format: str = "png") -> bytes:
 def png(image: Image.Image) -> bytes:
     """An 8-bit RGB PNG: Up-filtered rows, one deflate stream (level 1). Up beat Sub on both
     the shapes overlays and scikit-learn's sample photos: about 10 % faster, 2-7 % smaller."""
-    pixels = np.asarray(image.convert("RGB"))
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, width * 3)
     filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
@@ -55,10 +55,13 @@ def png(image: Image.Image) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:], casting="unsafe")
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    data = _deflate(filtered.tobytes(), 1)
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    data = _deflate(filtered, 1)
+    # One copy of the compressed data, into the file: each chunk is length, kind, data, CRC.
+    return b"".join(
+        [_SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", data), *_chunk(b"IEND", b"")]
+    )
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+def _chunk(kind: bytes, data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)
