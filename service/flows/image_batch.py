@@ -137,13 +137,9 @@ def _explain(
     captured = result.activations.get(layer) if layer is not None else None
     activations = {}
     if layer is not None and captured is not None:
-        activations[layer] = torch.cat([captured[p] for p in pieces])
-    sub = Inference(
-        torch.cat([result.inputs[p] for p in pieces]),
-        torch.cat([result.probabilities[p] for p in pieces]),
-        activations,
-    )
-    targets = torch.cat([answers[u.job].runs[u.run].targets for u in units])
+        activations[layer] = _rows(captured, pieces)
+    sub = Inference(_rows(result.inputs, pieces), _rows(result.probabilities, pieces), activations)
+    targets = _joined([answers[u.job].runs[u.run].targets for u in units])
     started = time.perf_counter()
     attribution = handler.explain(sub, explainer, targets)
     seconds = time.perf_counter() - started
@@ -156,6 +152,15 @@ def _explain(
         offset += size
     for k in {u.job for u in units}:
         jobs[k].call.timings.record(explainer.stage, seconds, units[0].method)
+
+
+def _rows(tensor: torch.Tensor, pieces: list[slice]) -> torch.Tensor:
+    """The rows of `tensor` in `pieces`, in order (one piece: a view, not a copy)."""
+    return _joined([tensor[p] for p in pieces])
+
+
+def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _spans(sizes: list[int]) -> list[tuple[int, int]]:
