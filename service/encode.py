@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 from PIL import Image
 
-try:  # ISA-L's deflate; zlib writes the same format, slower
+try:  # ISA-L's deflate and CRC; zlib writes the same format, slower
     from isal.isal_zlib import compress as _deflate
+    from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - isal is a dependency; keep serving without it
     from zlib import compress as _deflate
+    from zlib import crc32 as _crc32
 
 FORMATS = ("png", "jpeg", "webp")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 JPEG_QUALITY = 90
 WEBP_QUALITY = 85
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def encode(image: Image.Image, format: str = "png") -> bytes:
@@ -58,10 +59,11 @@ def png(image: Image.Image) -> bytes:
     data = _deflate(filtered, 1)
     # One copy of the compressed data, into the file: each chunk is length, kind, data, CRC.
     return b"".join(
-        [_SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", data), *_chunk(b"IEND", b"")]
+        [PNG_SIGNATURE, *chunk(b"IHDR", header), *chunk(b"IDAT", data), *chunk(b"IEND", b"")]
     )
 
 
-def _chunk(kind: bytes, data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)
+def chunk(kind: bytes, body: bytes | memoryview) -> tuple[bytes, bytes, bytes | memoryview, bytes]:
+    """A PNG chunk's parts, to join: length, kind, body, CRC (of kind and body)."""
+    crc = _crc32(body, _crc32(kind)) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)), kind, body, struct.pack(">I", crc)

@@ -23,7 +23,8 @@ import numpy as np
 import pyspng
 from isal.isal_zlib import adler32, crc32, decompressobj
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from service.encode import PNG_SIGNATURE, chunk
+
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 _STORED_BLOCK = 65535  # the most one stored deflate block holds
 
@@ -59,13 +60,13 @@ def _restored(data: bytes) -> bytes | None:
         return None
     if len(raw) != expected or not inflater.eof:
         return None
-    parts: list[bytes | memoryview] = [_SIGNATURE]
+    parts: list[bytes | memoryview] = [PNG_SIGNATURE]
     placed = False
     for kind, body in chunks:
         if kind != b"IDAT":
-            parts.extend(_chunk(kind, body))
+            parts.extend(chunk(kind, body))
         elif not placed:  # the first IDAT's place: all the image data, stored
-            parts.extend(_chunk(b"IDAT", _stored(raw)))
+            parts.extend(chunk(b"IDAT", _stored(raw)))
             placed = True
     return b"".join(parts)
 
@@ -73,9 +74,9 @@ def _restored(data: bytes) -> bytes | None:
 def _chunks(data: bytes) -> list[tuple[bytes, memoryview]] | None:
     """(kind, body) of every chunk up to IEND, or None when the file does not parse or a
     chunk's CRC is wrong (libspng then refuses it as it would have)."""
-    if not data.startswith(_SIGNATURE):
+    if not data.startswith(PNG_SIGNATURE):
         return None
-    chunks, at, view = [], len(_SIGNATURE), memoryview(data)
+    chunks, at, view = [], len(PNG_SIGNATURE), memoryview(data)
     while at + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, at)
         end = at + 12 + length
@@ -103,8 +104,3 @@ def _stored(raw: bytes) -> bytes:
         parts.append(block)
     parts.append(struct.pack(">I", adler32(raw)))
     return b"".join(parts)
-
-
-def _chunk(kind: bytes, body: bytes | memoryview) -> tuple[bytes, bytes, bytes | memoryview, bytes]:
-    crc = crc32(body, crc32(kind))
-    return struct.pack(">I", len(body)), kind, body, struct.pack(">I", crc)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from service import spng
+from service.encode import chunk
 from tests.helpers import random_image
 
 
@@ -61,9 +62,7 @@ def test_the_fast_path_gives_libspng_s_pixels(name: str) -> None:
 
 
 def _with_chunk(data: bytes, kind: bytes, body: bytes, at: int) -> bytes:
-    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-    return data[:at] + chunk + data[at:]
+    return data[:at] + b"".join(chunk(kind, body)) + data[at:]
 
 
 def _idat_at(data: bytes) -> int:
