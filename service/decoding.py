@@ -39,7 +39,8 @@ _kept_lock = threading.Lock()  # the codec pool's threads share `_kept` when it 
 
 class Forgotten(Exception):
     """`draw_overlays` was sent without the uploads, and their pictures are no longer kept:
-    send it again with them."""
+    send it again with them. Control flow between the flow and the decode process, never a
+    client's error (so not a GlimpseError)."""
 
 
 @dataclass(frozen=True)

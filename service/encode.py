@@ -65,5 +65,9 @@ def png(image: Image.Image) -> bytes:
 
 def chunk(kind: bytes, body: bytes | memoryview) -> tuple[bytes, bytes, bytes | memoryview, bytes]:
     """A PNG chunk's parts, to join: length, kind, body, CRC (of kind and body)."""
-    crc = _crc32(body, _crc32(kind)) & 0xFFFFFFFF
-    return struct.pack(">I", len(body)), kind, body, struct.pack(">I", crc)
+    return struct.pack(">I", len(body)), kind, body, struct.pack(">I", chunk_crc(kind, body))
+
+
+def chunk_crc(kind: bytes, body: bytes | memoryview) -> int:
+    """The CRC a PNG chunk carries: CRC-32 of its kind and body."""
+    return int(_crc32(body, _crc32(kind))) & 0xFFFFFFFF

@@ -108,7 +108,7 @@ def _fast_png(data: bytes, image: Image.Image) -> Image.Image | None:
     if spng is None or not plain or {"transparency", "exif"} & set(image.info):
         return None
     try:
-        pixels = spng.load(data)
+        pixels = spng.load(data, image.size)
     except RuntimeError:  # truncated or corrupt: Pillow's decoder says what is wrong
         return None
     if pixels.dtype != np.uint8:  # 16-bit samples: Pillow's own reduction to 8 bits

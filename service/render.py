@@ -43,15 +43,30 @@ def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized
 
 
-@lru_cache(maxsize=256)
 def _weights(before: int, after: int) -> np.ndarray:
     """[after, before] float32: row i holds the weights Pillow's bilinear resize gives each
-    of `before` samples for output sample i. A resize is linear and each axis is resized on
-    its own, so resizing the identity along one axis yields these weights exactly."""
+    of `before` samples for output sample i. Kept when they are at most CACHED_WEIGHTS
+    values (1 MB; 64 pairs of sizes at most), made afresh when larger."""
+    if after * before <= CACHED_WEIGHTS:
+        return _cached_weights(before, after)
+    return _made_weights(before, after)
+
+
+CACHED_WEIGHTS = 2**18
+
+
+@lru_cache(maxsize=64)
+def _cached_weights(before: int, after: int) -> np.ndarray:
+    return _made_weights(before, after)
+
+
+def _made_weights(before: int, after: int) -> np.ndarray:
+    """A resize is linear and each axis is resized on its own, so resizing the identity
+    along one axis yields the weights exactly."""
     basis = Image.fromarray(np.eye(before, dtype=np.float32), mode="F")
     weights = np.asarray(basis.resize((after, before), Image.Resampling.BILINEAR), np.float32)
     weights = np.ascontiguousarray(weights.T)
-    weights.setflags(write=False)
+    weights.setflags(write=False)  # shared by every call that gets it from the cache
     return weights
 
 

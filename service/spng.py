@@ -7,12 +7,16 @@ blocks (a copy and a checksum, no compression), and hands libspng that PNG: it s
 checks the file and undoes the row filters, and the pixels are the ones it would have
 decoded from the original, which a test checks.
 
-Only non-interlaced PNGs whose chunks parse take this path, and the inflate is bounded
-by the size the header implies (width and height were checked against the pixel limit
-first). Anything else, or anything that fails on the way, is decoded by libspng from the
-bytes as sent, which then reports what is wrong.
+Only a file whose one header gives the size the caller already checked against the pixel
+limit takes this path, and then only when it is 8-bit or less, not interlaced, its image
+data is one run of at most `MAX_IDATS` IDAT chunks with good CRCs after at most
+`MAX_CHUNKS` other chunks, and the raw rows are at most `MAX_RAW_BYTES`. The inflate stops
+at the size the header implies. Everything before the image data and after it is passed on
+as sent, for libspng to check.
+Any other file, or one that libspng refuses in its stored form, is decoded by libspng from
+the bytes as sent, which then decodes or refuses it as it always did.
 
-Example: ``load(png_bytes)`` -> uint8 [H, W, C] array, as ``pyspng.load`` returns
+Example: ``load(png_bytes, (width, height))`` -> uint8 [H, W, C] array, as ``pyspng.load``
 """
 
 from __future__ import annotations
@@ -23,84 +27,113 @@ import numpy as np
 import pyspng
 from isal.isal_zlib import adler32, crc32, decompressobj
 
-from service.encode import PNG_SIGNATURE, chunk
+from service.encode import PNG_SIGNATURE, chunk_crc
 
+MAX_CHUNKS = 64  # chunks before the image data; more: libspng alone
+MAX_IDATS = 4096  # chunks of image data (Pillow writes 64 KB each); more: libspng alone
+MAX_RAW_BYTES = 64 * 2**20  # the raw rows, held twice at once on this path; more: libspng alone
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 _STORED_BLOCK = 65535  # the most one stored deflate block holds
 
 
-def load(data: bytes) -> np.ndarray:
-    """The PNG's pixels as libspng decodes them (RuntimeError when it cannot)."""
-    stored = _restored(data)
-    pixels: np.ndarray = pyspng.load(stored if stored is not None else data)
-    return pixels
+def load(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The PNG's pixels as libspng decodes them (RuntimeError when it cannot); `size` is the
+    (width, height) the caller checked against its pixel limit."""
+    stored = _restored(data, size)
+    if stored is not None:
+        try:
+            pixels: np.ndarray = pyspng.load(stored)
+            return pixels
+        except RuntimeError:  # the file as sent gets libspng's own verdict
+            pass
+    original: np.ndarray = pyspng.load(data)
+    return original
 
 
-def _restored(data: bytes) -> bytes | None:
+def _restored(data: bytes, size: tuple[int, int]) -> bytes | None:
     """The same PNG with its image data inflated (by ISA-L) and stored uncompressed; None
-    when it is interlaced or does not parse as expected."""
-    chunks = _chunks(data)
-    if chunks is None or not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+    when the file is not one this path takes (see the module's docstring)."""
+    layout = _layout(data)
+    if layout is None:
         return None
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    if interlace != 0 or colour not in _CHANNELS or depth not in (1, 2, 4, 8, 16):
+    header, idat_start, idats, idat_end = layout
+    expected = _raw_size(header, size)
+    if expected is None:
         return None
-    expected = height * (1 + (width * _CHANNELS[colour] * depth + 7) // 8)
-    kinds = [kind for kind, _ in chunks]
-    if b"IDAT" not in kinds:
-        return None
-    first, last = kinds.index(b"IDAT"), len(kinds) - 1 - kinds[::-1].index(b"IDAT")
-    if any(kind != b"IDAT" for kind in kinds[first : last + 1]):  # the spec wants them in a row
-        return None
-    compressed = b"".join(body for kind, body in chunks if kind == b"IDAT")
     try:
         inflater = decompressobj()
-        raw = inflater.decompress(compressed, expected + 1)
+        raw = inflater.decompress(b"".join(idats), expected + 1)
     except Exception:  # noqa: BLE001 - corrupt data: libspng says what is wrong
         return None
     if len(raw) != expected or not inflater.eof:
         return None
-    parts: list[bytes | memoryview] = [PNG_SIGNATURE]
-    placed = False
-    for kind, body in chunks:
-        if kind != b"IDAT":
-            parts.extend(chunk(kind, body))
-        elif not placed:  # the first IDAT's place: all the image data, stored
-            parts.extend(chunk(b"IDAT", _stored(raw)))
-            placed = True
-    return b"".join(parts)
+    stored = _stored(raw)  # views of `raw`: the file below is its one copy
+    length = sum(len(part) for part in stored)
+    crc = crc32(b"IDAT")
+    for part in stored:
+        crc = crc32(part, crc)
+    idat = [struct.pack(">I", length), b"IDAT", *stored, struct.pack(">I", crc & 0xFFFFFFFF)]
+    return b"".join([memoryview(data)[:idat_start], *idat, memoryview(data)[idat_end:]])
 
 
-def _chunks(data: bytes) -> list[tuple[bytes, memoryview]] | None:
-    """(kind, body) of every chunk up to IEND, or None when the file does not parse or a
-    chunk's CRC is wrong (libspng then refuses it as it would have)."""
+def _layout(data: bytes) -> tuple[bytes, int, list[memoryview], int] | None:
+    """IHDR's body, where the IDAT run starts, its bodies, and where it ends; None when the
+    file is not a PNG, has a second IHDR, more than MAX_CHUNKS chunks before its image data
+    or MAX_IDATS in it, a chunk cut short before the run ends, or an IDAT with a wrong CRC."""
     if not data.startswith(PNG_SIGNATURE):
         return None
-    chunks, at, view = [], len(PNG_SIGNATURE), memoryview(data)
+    view, at, header = memoryview(data), len(PNG_SIGNATURE), None
+    idat_start, before = 0, 0
+    idats: list[memoryview] = []
     while at + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, at)
         end = at + 12 + length
+        kind = bytes(view[at + 4 : at + 8])
+        if idats and kind != b"IDAT":  # the run has ended: the rest goes on as sent
+            break
         if end > len(data):
             return None
-        kind, body = bytes(view[at + 4 : at + 8]), view[at + 8 : end - 4]
-        (crc,) = struct.unpack_from(">I", data, end - 4)
-        if crc32(body, crc32(kind)) != crc:
-            return None
-        chunks.append((kind, body))
+        body = view[at + 8 : end - 4]
+        if kind == b"IDAT":
+            (crc,) = struct.unpack_from(">I", data, end - 4)
+            if crc != chunk_crc(kind, body) or len(idats) == MAX_IDATS:
+                return None
+            idat_start = idat_start or at
+            idats.append(body)
+        else:
+            before += 1
+            if before > MAX_CHUNKS or (kind == b"IHDR" and header is not None):
+                return None
+            if kind == b"IHDR":  # one header: the size the caller checked is this one's
+                header = bytes(body)
         at = end
-        if kind == b"IEND":
-            return chunks
-    return None
+    if not idats or header is None:
+        return None
+    return header, idat_start, idats, at
 
 
-def _stored(raw: bytes) -> bytes:
-    """`raw` as a zlib stream of stored deflate blocks (at most 65535 bytes each)."""
+def _raw_size(header: bytes, size: tuple[int, int]) -> int | None:
+    """The raw rows' length the header implies, when it is a header this path takes."""
+    if len(header) != 13:
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    if (width, height) != size or interlace != 0 or colour not in _CHANNELS:
+        return None
+    if depth not in (1, 2, 4, 8):  # 16-bit: the caller wants 8-bit samples, Pillow's way
+        return None
+    expected = height * (1 + (width * _CHANNELS[colour] * depth + 7) // 8)
+    return expected if expected <= MAX_RAW_BYTES else None
+
+
+def _stored(raw: bytes) -> list[bytes | memoryview]:
+    """`raw` as the parts of a zlib stream of stored deflate blocks (65535 bytes at most
+    each), the blocks as views of `raw`."""
     parts: list[bytes | memoryview] = [b"\x78\x01"]  # deflate, 32K window, no dictionary
-    view, size = memoryview(raw), len(raw)
-    for start in range(0, max(size, 1), _STORED_BLOCK):
+    view, total = memoryview(raw), len(raw)
+    for start in range(0, max(total, 1), _STORED_BLOCK):
         block = view[start : start + _STORED_BLOCK]
-        final = 1 if start + _STORED_BLOCK >= size else 0
+        final = 1 if start + _STORED_BLOCK >= total else 0
         parts.append(struct.pack("<BHH", final, len(block), 0xFFFF ^ len(block)))
         parts.append(block)
     parts.append(struct.pack(">I", adler32(raw)))
-    return b"".join(parts)
+    return parts

@@ -23,6 +23,7 @@ from service.decode_pool import DecodePool
 from service.decoding import Forgotten, decode_uploads, draw_overlays
 from service.encode import png
 from service.errors import BadInput, DecoderRestarted, PayloadTooLarge
+from service.flows import image as image_flow
 from service.flows.base import ExplainRequest, Payload
 from service.pipeline import Pipeline
 from service.preprocess import ImageTransform
@@ -97,15 +98,24 @@ def test_a_heatmap_whose_pictures_were_dropped_is_drawn_from_its_upload(
     """The flow sends the draw without the upload; when the bounds on what is kept dropped
     the pictures (KEPT_REQUESTS=0 keeps none), it sends the upload and gets the same PNG."""
     file = uploads(1)[0]
+    sent: list[object] = []  # what each draw call carried for the uploads
+
+    def spied(keep: int, carried: Any, *args: Any) -> Any:
+        sent.append(carried)
+        return draw_overlays(keep, carried, *args)
+
+    monkeypatch.setattr(image_flow, "draw_overlays", spied)
     runtime = Runtime.load([cnn_archive], decode_processes=0)  # in this process: patchable
     try:
         pipeline = Pipeline(runtime)
         kept = asyncio.run(pipeline.heatmap(ExplainRequest("cnn", [Payload(file)])))
+        assert sent == [None]  # the kept picture was enough
         monkeypatch.setattr(decoding, "KEPT_REQUESTS", 0)
         dropped = asyncio.run(pipeline.heatmap(ExplainRequest("cnn", [Payload(file)])))
         assert not decoding._kept
     finally:
         runtime.close()
+    assert sent == [None, None, [file]]  # Forgotten, then sent again with the upload
     assert dropped == kept and Image.open(io.BytesIO(dropped)).size == (97, 71)
 
 

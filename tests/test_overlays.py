@@ -35,6 +35,16 @@ def test_upsample_is_pillow_s_bilinear_resize(grid: tuple[int, int], size: tuple
     assert np.abs(got - pillow).max() <= 1e-6
 
 
+def test_only_small_weight_tables_are_kept() -> None:
+    """A long side (a thin strip's overlay) gets its weights made afresh, not cached."""
+    grid = np.ones((12, 12), np.float32)
+    render.upsample(grid, (256, 256))
+    kept = render._cached_weights.cache_info().currsize
+    wide = render.upsample(grid, (30_000, 256))  # 30,000 x 12 weights: over CACHED_WEIGHTS
+    assert wide.shape == (256, 30_000) and np.allclose(wide, 1.0)
+    assert render._cached_weights.cache_info().currsize == kept
+
+
 def test_overlay_blends_like_the_float_formula() -> None:
     """Pillow's palette and blend give the picture the numpy formula gives, to one level."""
     image = random_image(64, 48, seed=3)

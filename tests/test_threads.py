@@ -42,8 +42,9 @@ def test_numpy_s_blas_gets_one_thread_and_torch_keeps_its_own() -> None:
         f"print({BLAS_THREADS}, n == torch.get_num_threads())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
     blas, torch_kept = out.stdout.rsplit(" ", 1)
-    assert blas.strip("[]") and set(blas.strip("[]").split(", ")) == {"1"}, out.stderr
+    assert blas.strip("[]") and set(blas.strip("[]").split(", ")) == {"1"}, out.stdout
     assert torch_kept.strip() == "True"
 
 
