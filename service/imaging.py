@@ -102,7 +102,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 def _fast_png(data: bytes, image: Image.Image) -> Image.Image | None:
     """Plain 8-bit PNGs decoded by libspng (pyspng, inflated by ISA-L: service.spng), about
-    three times as fast as Pillow's decoder and to the same pixels; None for anything else
+    twice as fast as Pillow's decoder and to the same pixels; None for anything else
     (Pillow decodes it)."""
     plain = image.format == "PNG" and image.mode in ("RGB", "RGBA", "L")
     if spng is None or not plain or {"transparency", "exif"} & set(image.info):
