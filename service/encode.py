@@ -63,11 +63,19 @@ def png(image: Image.Image) -> bytes:
     )
 
 
-def chunk(kind: bytes, body: bytes | memoryview) -> tuple[bytes, bytes, bytes | memoryview, bytes]:
-    """A PNG chunk's parts, to join: length, kind, body, CRC (of kind and body)."""
-    return struct.pack(">I", len(body)), kind, body, struct.pack(">I", chunk_crc(kind, body))
+Part = bytes | memoryview
 
 
-def chunk_crc(kind: bytes, body: bytes | memoryview) -> int:
-    """The CRC a PNG chunk carries: CRC-32 of its kind and body."""
-    return int(_crc32(body, _crc32(kind))) & 0xFFFFFFFF
+def chunk(kind: bytes, *body: Part) -> list[Part]:
+    """A PNG chunk's pieces, to join: length, kind, the body (given in one piece or several,
+    which are not copied here), CRC."""
+    length = sum(len(piece) for piece in body)
+    return [struct.pack(">I", length), kind, *body, struct.pack(">I", chunk_crc(kind, *body))]
+
+
+def chunk_crc(kind: bytes, *body: Part) -> int:
+    """The CRC a PNG chunk carries: CRC-32 of its kind and body (in any number of pieces)."""
+    crc = _crc32(kind)
+    for piece in body:
+        crc = _crc32(piece, crc)
+    return int(crc) & 0xFFFFFFFF

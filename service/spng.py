@@ -25,9 +25,9 @@ import struct
 
 import numpy as np
 import pyspng
-from isal.isal_zlib import adler32, crc32, decompressobj
+from isal.isal_zlib import adler32, decompressobj
 
-from service.encode import PNG_SIGNATURE, chunk_crc
+from service.encode import PNG_SIGNATURE, Part, chunk, chunk_crc
 
 MAX_CHUNKS = 64  # chunks before the image data; more: libspng alone
 MAX_IDATS = 4096  # chunks of image data (Pillow writes 64 KB each); more: libspng alone
@@ -67,12 +67,7 @@ def _restored(data: bytes, size: tuple[int, int]) -> bytes | None:
         return None
     if len(raw) != expected or not inflater.eof:
         return None
-    stored = _stored(raw)  # views of `raw`: the file below is its one copy
-    length = sum(len(part) for part in stored)
-    crc = crc32(b"IDAT")
-    for part in stored:
-        crc = crc32(part, crc)
-    idat = [struct.pack(">I", length), b"IDAT", *stored, struct.pack(">I", crc & 0xFFFFFFFF)]
+    idat = chunk(b"IDAT", *_stored(raw))  # views of `raw`: the file below is its one copy
     return b"".join([memoryview(data)[:idat_start], *idat, memoryview(data)[idat_end:]])
 
 
@@ -125,10 +120,10 @@ def _raw_size(header: bytes, size: tuple[int, int]) -> int | None:
     return expected if expected <= MAX_RAW_BYTES else None
 
 
-def _stored(raw: bytes) -> list[bytes | memoryview]:
+def _stored(raw: bytes) -> list[Part]:
     """`raw` as the parts of a zlib stream of stored deflate blocks (65535 bytes at most
     each), the blocks as views of `raw`."""
-    parts: list[bytes | memoryview] = [b"\x78\x01"]  # deflate, 32K window, no dictionary
+    parts: list[Part] = [b"\x78\x01"]  # deflate, 32K window, no dictionary
     view, total = memoryview(raw), len(raw)
     for start in range(0, max(total, 1), _STORED_BLOCK):
         block = view[start : start + _STORED_BLOCK]
