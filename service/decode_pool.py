@@ -4,7 +4,8 @@ libspng, which decodes most PNG uploads, holds the GIL while it works, and so do
 the Python around it. Under load that time is taken from the event loop and from the
 model's worker thread, and the server tops out before its CPU does. So a server decodes
 uploads in `DecodePool`: a few child processes (`python -c ...serve()`), each of which
-imports numpy, Pillow and libspng but never torch (30 MB, not 250). A call sends a
+imports numpy, Pillow, libspng and matplotlib's colour maps but never torch (57 MB, not
+250), all before it says it is ready. A call sends a
 function of `service.decoding` and its arguments, pickled, down the child's stdin and gets
 the return value, or the exception it raised, back on its stdout: the refusals for a bad
 upload are the ones the codec threads give.
@@ -276,6 +277,11 @@ def serve() -> None:
     stdin ends. Signals meant for the server's process group are the server's to act on."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ready means ready: the decoding modules (numpy, Pillow, libspng) and the overlay colours
+    # (matplotlib) are loaded before the pid goes out, not on the first upload and overlay.
+    from service.decoding import prepare  # noqa: PLC0415 - the child's imports, not the server's
+
+    prepare()
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the frames
     _write_frame(answers, 0, 1, os.getpid())

@@ -53,6 +53,12 @@ class Drawn:
     scale: float
 
 
+def prepare() -> None:
+    """Load, before the first call, what decoding and drawing need: this module's imports
+    (numpy, Pillow, libspng, ISA-L) and the overlay colour tables (matplotlib)."""
+    render.prepare()
+
+
 def decode_upload(data: bytes | str, max_pixels: int, transform: ImageTransform) -> Image.Image:
     """An upload -> its RGB image, upright; BadInput or PayloadTooLarge (over `max_pixels`,
     as sent or after the model's resize step) otherwise."""

@@ -13,6 +13,20 @@ from functools import cache, lru_cache
 import numpy as np
 from PIL import Image
 
+UNSIGNED_COLOURS, SIGNED_COLOURS = "magma", "RdBu_r"  # matplotlib's names
+
+
+def prepare() -> None:
+    """Build both colour tables now (importing matplotlib, about 0.5 s), not on the first
+    overlay a request asks for."""
+    _colours(signed=False)
+    _colours(signed=True)
+
+
+def _colours(signed: bool) -> np.ndarray:
+    """[256, 3] uint8: the diverging map for signed maps, magma for the others."""
+    return _lut(SIGNED_COLOURS if signed else UNSIGNED_COLOURS)
+
 
 @cache
 def _lut(name: str) -> np.ndarray:
@@ -72,14 +86,14 @@ def _made_weights(before: int, after: int) -> np.ndarray:
 
 def colourise(grid: np.ndarray, signed: bool) -> np.ndarray:
     """A normalised map ([0, 1] or [-1, 1]) -> [h, w, 3] uint8 colours."""
-    colours: np.ndarray = _lut("RdBu_r" if signed else "magma")[_indices(grid, signed)]
+    colours: np.ndarray = _colours(signed)[_indices(grid, signed)]
     return colours
 
 
 def coloured(grid: np.ndarray, signed: bool) -> Image.Image:
     """The same colours as `colourise`, as an RGB image, looked up by Pillow (a palette)."""
     picture = Image.fromarray(_indices(grid, signed), mode="L")
-    picture.putpalette(_lut("RdBu_r" if signed else "magma").tobytes(), rawmode="RGB")
+    picture.putpalette(_colours(signed).tobytes(), rawmode="RGB")
     return picture.convert("RGB")
 
 
