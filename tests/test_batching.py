@@ -190,3 +190,42 @@ def test_timings_are_per_request(runtimes: tuple[Runtime, Runtime]) -> None:
     )
     assert {"decode", "queue", "inference", "heatmap.activation", "encode"} <= set(ms)
     assert model.worker.alive
+
+
+def test_a_batch_whose_methods_take_no_gradient_runs_under_inference_mode(
+    runtimes: tuple[Runtime, Runtime],
+) -> None:
+    """Predictions and activation maps take no gradient: their forward pass runs under
+    torch.inference_mode (its outputs are inference tensors), with the same maps as a pass
+    under no_grad. A batch that also holds Grad-CAM runs under no_grad."""
+    alone, _ = runtimes
+    model = alone.get("cnn")
+    assert isinstance(model.flow, ImageFlow) and isinstance(model.handler, ImageHandler)
+    flow, handler = model.flow, model.handler
+    call = Pipeline(alone)._call(model)
+    inputs = handler.preprocess([Image.open(__import__("io").BytesIO(b)) for b in images(2)])
+    layer = handler.default_layer
+    assert layer is not None
+    activation, gradcam = REGISTRY["activation"](), REGISTRY["gradcam"]()
+
+    def job(explainers: dict[str, Any], rows: slice) -> ImageJob:
+        return ImageJob(call, inputs[rows], explainers, [None], frozenset({layer}))
+
+    free = flow.process(
+        [(ImageJob(call, inputs[:1]), 0.0), (job({"activation": activation}, slice(1, 2)), 0.0)]
+    )
+    mixed = flow.process(
+        [
+            (job({"activation": activation}, slice(0, 1)), 0.0),
+            (job({"gradcam": gradcam}, slice(1, 2)), 0.0),
+        ]
+    )
+    assert all(isinstance(a, ImageAnswer) for a in (*free, *mixed))
+    assert all(a.probabilities.is_inference() for a in free)
+    assert not any(a.probabilities.is_inference() for a in mixed)
+    with torch.no_grad():
+        expected = handler.infer(inputs, capture=False, layers={layer}).activations[layer].mean(1)
+    got = free[1].runs[0].attributions["activation"].maps[0]
+    assert np.allclose(got, expected[1].numpy(), atol=1e-6)
+    assert not REGISTRY["activation"].needs_gradients
+    assert all(REGISTRY[m].needs_gradients for m in methods_for("image") if m != "activation")

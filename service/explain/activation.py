@@ -16,6 +16,7 @@ class Activation(Explainer):
     signed = False
     reduction = "mean over the last conv block's channels"
     needs_activations = True
+    needs_gradients = False
     stage = "heatmap"
     summary = "Channel-averaged activations of the last conv block (no extra pass)."
     params = {"layer": LAYER}

@@ -210,6 +210,9 @@ class Explainer:
     reductions: ClassVar[dict[str, str]] = {}  # per kind, where it differs from `reduction`
     kinds: ClassVar[frozenset[str]] = frozenset({"image"})
     needs_activations: ClassVar[bool] = False
+    # False for a method that takes no gradient (it reads the forward pass's activations):
+    # a batch whose methods all take none runs under torch.inference_mode.
+    needs_gradients: ClassVar[bool] = True
     stage: ClassVar[str] = "attribution"  # its label in glimpse_stage_duration_seconds
     # False when a method's answer for one input depends on the others in its call (noise
     # drawn for the whole batch at once): such a method runs request by request.

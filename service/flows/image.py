@@ -51,8 +51,14 @@ class ImageFlow:
         return self.handler.top_classes(probabilities, k)
 
     async def explain(
-        self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
+        self,
+        call: Call,
+        request: ExplainRequest,
+        explainers: dict[str, Explainer],
+        top_classes: bool = True,
     ) -> list[ImageResult]:
+        """Each input's top classes (none without `top_classes`) and maps, with overlays
+        when the request asks for them."""
         wanted = self.target_indices(request.target)
         layers = {n for e in explainers.values() if (n := self.handler.layer_for(e)) is not None}
         model_input = ModelInput(self.handler.size)
@@ -61,7 +67,7 @@ class ImageFlow:
         inputs = await self.decode(call, request.inputs, keep)
         job = ImageJob(call, inputs, explainers, wanted, frozenset(layers))
         answer: ImageAnswer = await call.queued(job)
-        results = self.results(answer, explainers, request.all_classes)
+        results = self.results(answer, explainers, request.all_classes, top_classes)
         if keep is not None:
             await self.draw(call, request, keep, results)
         return results
@@ -69,7 +75,9 @@ class ImageFlow:
     async def heatmap(
         self, call: Call, request: ExplainRequest, explainers: dict[str, Explainer]
     ) -> MapResult:
-        results = await self.explain(call, request, explainers)
+        """The first map of the first input, with its overlay; no top classes (the answer
+        is the picture alone)."""
+        results = await self.explain(call, request, explainers, top_classes=False)
         return results[0].targets[0].maps[0]
 
     # -- the stages ---------------------------------------------------------------------------
@@ -155,12 +163,20 @@ class ImageFlow:
         return indices
 
     def results(
-        self, answer: ImageAnswer, explainers: dict[str, Explainer], all_classes: bool
+        self,
+        answer: ImageAnswer,
+        explainers: dict[str, Explainer],
+        all_classes: bool,
+        top_classes: bool = True,
     ) -> list[ImageResult]:
-        """Per input: its top classes (every class with `all_classes`), and for each target
-        every method's normalised map with its extras; no overlays yet."""
+        """Per input: its top classes (every class with `all_classes`; none without
+        `top_classes`), and for each target every method's normalised map with its extras;
+        no overlays yet."""
         probabilities = answer.probabilities
-        predictions = self.top_classes(probabilities, all_classes)
+        if top_classes:
+            predictions = self.top_classes(probabilities, all_classes)
+        else:
+            predictions = [{} for _ in range(len(probabilities))]
         results = []
         for i, prediction in enumerate(predictions):
             per_target = []

@@ -1,13 +1,13 @@
 """What an image model's worker does with a batch of jobs (predictions and explanations).
 
 One forward pass for every input of every job, with a hook on each layer some job's
-method reads (under `torch.inference_mode` when no job explains). Then each method runs
-once for all the inputs that asked for it with the same options: the inputs, their
-targets (which may differ) and their captured activations are concatenated, so Grad-CAM
-for several images and targets is one backward. A method whose answer for one input
-depends on the others in its call (`batchable = False`: noise drawn per call) runs job by
-job. Hooks live for one forward pass, and gradients are taken per method call, on tensors
-of that call only. A job whose deadline has passed is answered DeadlineExceeded before the
+method reads (under `torch.inference_mode` when no job's method takes gradients). Then
+each method runs once for all the inputs that asked for it with the same options: the
+inputs, their targets (which may differ) and their captured activations are concatenated,
+so Grad-CAM for several images and targets is one backward. A method whose answer for one
+input depends on the others in its call (`batchable = False`: noise drawn per call) runs
+job by job. Hooks live for one forward pass, and gradients are taken per method call, on
+tensors of that call only. A job whose deadline has passed is answered DeadlineExceeded before the
 forward pass or before its next method, and takes no further part in the batch.
 """
 
@@ -82,9 +82,9 @@ def _answer(
 ) -> list[ImageAnswer | DeadlineExceeded]:
     inputs = torch.cat([job.inputs for job in jobs]) if len(jobs) > 1 else jobs[0].inputs
     layers = frozenset().union(*(job.layers for job in jobs))
-    explaining = any(job.explainers for job in jobs)
+    gradients = any(e.needs_gradients for job in jobs for e in job.explainers.values())
     started = time.perf_counter()
-    result = handler.infer(inputs, capture=False, layers=layers, inference=not explaining)
+    result = handler.infer(inputs, capture=False, layers=layers, inference=not gradients)
     seconds = time.perf_counter() - started
     jobs[0].call.metrics.batch_size.labels(model).observe(len(inputs))
     spans = _spans([len(job.inputs) for job in jobs])
