@@ -2,9 +2,10 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-# TorchServe (optional second engine) needs Java 17; make is how the image builds and runs glimpse.
+# TorchServe (optional second engine) needs Java 17; make is how the image builds and runs glimpse;
+# g++ builds fpng-py (the PNG overlay writer), which PyPI has as source only.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends make g++ openjdk-17-jre-headless \
  && rm -rf /var/lib/apt/lists/*
 
 # /app is made the user's own first: WORKDIR would create it as root, and `COPY --chown` does not

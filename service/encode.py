@@ -1,10 +1,10 @@
 """Encode an overlay picture for the wire: PNG (the default), JPEG or WebP.
 
-PNG is written here rather than by Pillow: each row gets the "Up" filter and the
-deflate stream comes from ISA-L (`isal`, zlib's format, a few times faster than zlib
-at its fastest level); the file is an ordinary PNG that any decoder reads, and a test
-checks it decodes to the same pixels. At 256 x 256 this takes about 1.1 ms where
-Pillow's PNG writer takes about 9 ms. JPEG and WebP come from Pillow.
+PNG comes from fpng (`fpng_py`), a PNG writer built for speed: at 256 x 256 it takes
+about 0.4 ms, where Up-filtered rows deflated by ISA-L took 1.3 ms and Pillow's PNG writer
+about 9 ms, for files about 6 % larger than ISA-L's. The file is an ordinary 8-bit RGB PNG
+that any decoder reads; a test checks it decodes to the same pixels. JPEG and WebP come
+from Pillow. `chunk` writes a PNG chunk for service.spng.
 
 Example: ``encode(overlay_image, "webp")`` -> bytes; ``MEDIA_TYPES["webp"]`` -> "image/webp"
 """
@@ -15,14 +15,9 @@ import io
 import struct
 
 import numpy as np
+from fpng_py import fpng_encode_image_to_memory
+from isal.isal_zlib import crc32 as _crc32
 from PIL import Image
-
-try:  # ISA-L's deflate and CRC; zlib writes the same format, slower
-    from isal.isal_zlib import compress as _deflate
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # pragma: no cover - isal is a dependency; keep serving without it
-    from zlib import compress as _deflate
-    from zlib import crc32 as _crc32
 
 FORMATS = ("png", "jpeg", "webp")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -46,21 +41,15 @@ def encode(image: Image.Image, format: str = "png") -> bytes:
 
 
 def png(image: Image.Image) -> bytes:
-    """An 8-bit RGB PNG: Up-filtered rows, one deflate stream (level 1). Up beat Sub on both
-    the shapes overlays and scikit-learn's sample photos: about 10 % faster, 2-7 % smaller."""
+    """An 8-bit RGB PNG of `image`, written by fpng."""
     pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     height, width = pixels.shape[:2]
-    rows = pixels.reshape(height, width * 3)
-    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:], casting="unsafe")
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    data = _deflate(filtered, 1)
-    # One copy of the compressed data, into the file: each chunk is length, kind, data, CRC.
-    return b"".join(
-        [PNG_SIGNATURE, *chunk(b"IHDR", header), *chunk(b"IDAT", data), *chunk(b"IEND", b"")]
-    )
+    # fpng reads width * height * 3 bytes, packed: one contiguous copy, the size checked.
+    packed = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    if len(packed) != width * height * 3:
+        raise ValueError(f"an RGB picture of {width}x{height} is not {len(packed)} bytes")
+    encoded: bytes = fpng_encode_image_to_memory(packed, width, height, 3)
+    return encoded
 
 
 Part = bytes | memoryview

@@ -22,6 +22,13 @@ def test_png_decodes_to_the_same_pixels(size: tuple[int, int]) -> None:
     assert np.array_equal(np.asarray(back), np.asarray(image))
 
 
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_png_of_another_mode_holds_its_rgb_pixels(mode: str) -> None:
+    image = random_image(33, 17, seed=3).convert(mode)
+    back = Image.open(io.BytesIO(encode.png(image)))
+    assert back.mode == "RGB" and np.array_equal(np.asarray(back), np.asarray(image.convert("RGB")))
+
+
 @pytest.mark.parametrize(
     ("grid", "size"),
     [((12, 12), (256, 256)), ((1, 1), (5, 7)), ((7, 3), (641, 427)), ((20, 30), (10, 5))],
