@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from service.explain import REGISTRY, methods_for
+from service.flows.base import Call
 from service.flows.image import ImageFlow
 from service.flows.image_batch import ImageAnswer, ImageJob
 from service.handlers.image import ImageHandler
@@ -110,15 +112,18 @@ def test_every_method_is_covered() -> None:
     )
 
 
+def served(runtime: Runtime) -> tuple[ImageFlow, ImageHandler, Call, torch.Tensor]:
+    """The cnn's flow and handler in `runtime`, a request's passage, and two inputs."""
+    model = runtime.get("cnn")
+    assert isinstance(model.flow, ImageFlow) and isinstance(model.handler, ImageHandler)
+    inputs = model.handler.preprocess([Image.open(io.BytesIO(b)) for b in images(2)])
+    return model.flow, model.handler, Pipeline(runtime)._call(model), inputs
+
+
 def test_one_bad_job_fails_alone(runtimes: tuple[Runtime, Runtime]) -> None:
     """The batch function answers each job: a job whose input breaks the forward pass gets
     its exception, the others their answers, equal to what they get alone."""
-    alone, _ = runtimes
-    model = alone.get("cnn")
-    assert isinstance(model.flow, ImageFlow) and isinstance(model.handler, ImageHandler)
-    flow, handler = model.flow, model.handler
-    call = Pipeline(alone)._call(model)
-    good = handler.preprocess([Image.open(__import__("io").BytesIO(b)) for b in images(2)])
+    flow, handler, call, good = served(runtimes[0])
     bad = torch.zeros(1, 5, *handler.size)  # five channels: the first conv refuses it
     jobs = [ImageJob(call, good[:1]), ImageJob(call, bad), ImageJob(call, good[1:])]
     answers = flow.process([(job, 0.0) for job in jobs])
@@ -198,12 +203,7 @@ def test_a_batch_whose_methods_take_no_gradient_runs_under_inference_mode(
     """Predictions and activation maps take no gradient: their forward pass runs under
     torch.inference_mode (its outputs are inference tensors), with the same maps as a pass
     under no_grad. A batch that also holds Grad-CAM runs under no_grad."""
-    alone, _ = runtimes
-    model = alone.get("cnn")
-    assert isinstance(model.flow, ImageFlow) and isinstance(model.handler, ImageHandler)
-    flow, handler = model.flow, model.handler
-    call = Pipeline(alone)._call(model)
-    inputs = handler.preprocess([Image.open(__import__("io").BytesIO(b)) for b in images(2)])
+    flow, handler, call, inputs = served(runtimes[0])
     layer = handler.default_layer
     assert layer is not None
     activation, gradcam = REGISTRY["activation"](), REGISTRY["gradcam"]()
