@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, _imaging
 
 from service import render
 from service.encode import encode
@@ -66,7 +66,7 @@ def prepare() -> None:
     Pillow keep freed image blocks for reuse, unless PILLOW_BLOCKS_MAX says otherwise."""
     render.prepare()
     if "PILLOW_BLOCKS_MAX" not in os.environ:
-        Image.core.set_blocks_max(PILLOW_BLOCKS)
+        _imaging.set_blocks_max(PILLOW_BLOCKS)
 
 
 def decode_upload(data: bytes | str, max_pixels: int, transform: ImageTransform) -> Image.Image:
