@@ -7,8 +7,8 @@ inputs, their targets (which may differ) and their captured activations are conc
 so Grad-CAM for several images and targets is one backward. A method whose answer for one
 input depends on the others in its call (`batchable = False`: noise drawn per call) runs
 job by job. Hooks live for one forward pass, and gradients are taken per method call, on
-tensors of that call only. A job whose deadline has passed is answered DeadlineExceeded before the
-forward pass or before its next method, and takes no further part in the batch.
+tensors of that call only. A job whose deadline has passed is answered DeadlineExceeded
+before the forward pass or before its next method, and takes no further part in the batch.
 """
 
 from __future__ import annotations
