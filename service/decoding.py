@@ -14,14 +14,13 @@ Example: ``decode_uploads([png_bytes], 50_000_000, handler.transform)`` -> [1, 3
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, _imaging
+from PIL import Image
 
 from service import render
 from service.encode import encode
@@ -54,19 +53,10 @@ class Drawn:
     scale: float
 
 
-# Freed image blocks Pillow keeps for the next picture (its default is none: every picture's
-# memory went back to the system and was faulted in afresh, about 130 page faults a request).
-# At most this many blocks of at most 16 MiB (Pillow's block size) stay allocated.
-PILLOW_BLOCKS = 4
-
-
 def prepare() -> None:
     """Load, before the first call, what decoding and drawing need: this module's imports
-    (numpy, Pillow, libspng, ISA-L) and the overlay colour tables (matplotlib); and let
-    Pillow keep freed image blocks for reuse, unless PILLOW_BLOCKS_MAX says otherwise."""
+    (numpy, Pillow, libspng, ISA-L) and the overlay colour tables (matplotlib)."""
     render.prepare()
-    if "PILLOW_BLOCKS_MAX" not in os.environ:
-        _imaging.set_blocks_max(PILLOW_BLOCKS)
 
 
 def decode_upload(data: bytes | str, max_pixels: int, transform: ImageTransform) -> Image.Image:

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from service import decoding, render
-from service.decode_pool import DecodePool
-from service.decoding import PILLOW_BLOCKS, Forgotten, decode_uploads, draw_overlays
+from service.decode_pool import PILLOW_BLOCKS, DecodePool
+from service.decoding import Forgotten, decode_uploads, draw_overlays
 from service.encode import png
 from service.errors import BadInput, DecoderRestarted, PayloadTooLarge
 from service.flows import image as image_flow
