@@ -388,8 +388,8 @@ def ratio(runs: list[Run], a: str, b: str, concurrency: int) -> dict[str, Any]:
 
 # -- the raw model ---------------------------------------------------------------------------
 def raw_model(args: argparse.Namespace, image: Image.Image) -> dict[str, Any]:
-    """The archive's model alone, and the lean copy predictions run through (service/lean.py):
-    forward passes/s at each batch size, in this process."""
+    """The archive's model alone, and the lean copy predictions run through (service/lean.py),
+    traced and compiled: forward passes/s at each batch size, in this process."""
     import torch
 
     from service.archive import open_archive
@@ -408,6 +408,9 @@ def raw_model(args: argparse.Namespace, image: Image.Image) -> dict[str, Any]:
         variants = {"model": (model, lambda x: x)}
         if lean is not None:
             variants["lean"] = (lean, channels_last)
+        compiled = getattr(handler, "compiled", None)
+        if compiled is not None:
+            variants["compiled"] = (compiled, channels_last)
         inputs = {b: one.repeat(b, 1, 1, 1).contiguous() for b in args.raw_batches}
         rates = {(v, b): [] for v in variants for b in args.raw_batches}
         spell = args.raw_seconds / RAW_SPELLS
@@ -440,7 +443,7 @@ def raw_model(args: argparse.Namespace, image: Image.Image) -> dict[str, Any]:
             }
         )
         log(
-            f"  raw {variant:<5} batch {size:<3} {per_s:8.1f} forward/s  "
+            f"  raw {variant:<8} batch {size:<3} {per_s:8.1f} forward/s  "
             f"{per_s * size:8.1f} samples/s  (spells {min(spells):.1f}–{max(spells):.1f})"
         )
     best = max(results["model"], key=lambda r: r["samples_per_s"])
@@ -450,6 +453,7 @@ def raw_model(args: argparse.Namespace, image: Image.Image) -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "batches": results["model"],
         "lean_batches": results.get("lean", []),
+        "compiled_batches": results.get("compiled", []),
         "best": best,
     }
 
@@ -531,15 +535,19 @@ def report(result: dict[str, Any]) -> str:
             f"## Raw model, in-process (input {raw['input']}, torch.inference_mode, "
             f"{raw['torch_threads']} intra-op / {raw['torch_interop_threads']} inter-op threads)",
             "",
-            "| batch | forward passes/s | samples/s | ms per forward | lean copy samples/s |",
-            "|---|---|---|---|---|",
+            "| batch | forward passes/s | samples/s | ms per forward "
+            "| traced copy samples/s | compiled copy samples/s |",
+            "|---|---|---|---|---|---|",
         ]
-        leans = {b["batch"]: b for b in raw.get("lean_batches", [])}
+        copies = [
+            {b["batch"]: b["samples_per_s"] for b in raw.get(key, [])}
+            for key in ("lean_batches", "compiled_batches")
+        ]
         for b in raw["batches"]:
-            lean = leans.get(b["batch"])
+            cells = " | ".join(str(c.get(b["batch"], "–")) for c in copies)
             out.append(
                 f"| {b['batch']} | {b['forward_per_s']:.1f} | {b['samples_per_s']:.1f} "
-                f"| {b['ms_per_forward']:.2f} | {lean['samples_per_s'] if lean else '–'} |"
+                f"| {b['ms_per_forward']:.2f} | {cells} |"
             )
         best = raw["best"]
         out += ["", f"Best batch: {best['batch']} at {best['samples_per_s']:.0f} samples/s."]

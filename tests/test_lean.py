@@ -1,5 +1,6 @@
-"""The lean copy that predictions run through: same answers, folded batch norms, and the
-model as built for everything that hooks or differentiates it."""
+"""The lean copy that predictions run through: same answers, folded batch norms, compiled
+where torch.jit compiles it, and the model as built for everything that hooks or
+differentiates it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from service.handlers.image import ImageHandler
 from service.hooks import capture_output
-from service.lean import TOLERANCE, lean_copy
+from service.lean import TOLERANCE, compiled_copy, lean_copy
 from service.runtime import Runtime
 
 
@@ -115,3 +116,63 @@ def test_a_copy_whose_logits_differ_is_not_kept() -> None:
     lean, reason = lean_copy(Drifting().eval(), torch.zeros(1, 3, 8, 8))
     assert lean is None
     assert f"{TOLERANCE:.0e}" in reason
+
+
+def test_the_default_cnn_is_compiled_and_answers_its_layer_as_the_model_does_at_any_batch(
+    runtime: Runtime,
+) -> None:
+    handler = _handler(runtime)
+    assert handler.compiled is not None
+    assert handler.compiled_layers == (handler.default_layer,)
+    for n in (1, 2, 4, 7):  # traced at 2; checked at 1 and 3 when made
+        inputs = _inputs(handler, n)
+        result = handler.infer(inputs, capture=True)
+        with torch.no_grad(), capture_output(handler.module(handler.default_layer)) as own:
+            logits = handler.network(inputs)
+        assert torch.allclose(result.probabilities, torch.softmax(logits, dim=1), atol=1e-5)
+        assert own.output is not None
+        assert torch.allclose(result.activations[handler.default_layer], own.output, atol=1e-5)
+
+
+def test_the_compiled_copy_serves_in_place_of_the_traced_one_and_its_hooks(
+    runtime: Runtime,
+) -> None:
+    handler = _handler(runtime)
+    assert handler.default_layer is not None
+    inputs = _inputs(handler, 3)
+    with capture_output(handler.module(handler.default_layer, lean=True)) as traced:
+        prediction = handler.infer(inputs, capture=False, inference=True)
+        explanation = handler.infer(inputs, capture=True)
+    assert traced.output is None  # the traced copy never ran
+    assert prediction.activations == {}  # only what was asked for
+    assert set(explanation.activations) == {handler.default_layer}
+    assert prediction.probabilities.is_inference()
+    assert not explanation.probabilities.is_inference()
+
+
+def test_a_compiled_copy_that_disagrees_with_the_model_is_not_kept() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten()).eval()
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten()).eval()
+    lean, reason = lean_copy(model, torch.zeros(1, 3, 8, 8))
+    assert lean is not None, reason
+    kept, reason = compiled_copy(lean, model, torch.zeros(1, 3, 8, 8))
+    assert kept is not None, reason
+    compiled, reason = compiled_copy(lean, other, torch.zeros(1, 3, 8, 8))
+    assert compiled is None
+    assert "compiled copy's logits differ" in reason
+
+
+def test_only_a_traced_copy_is_compiled() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval()
+    compiled, reason = compiled_copy(model, model, torch.zeros(1, 3, 8, 8))
+    assert compiled is None
+    assert reason == "there is no traced copy to compile"
+
+
+def test_a_copy_torch_jit_cannot_run_is_not_kept() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval()
+    lean, reason = lean_copy(model, torch.zeros(1, 3, 8, 8))
+    assert lean is not None, reason
+    compiled, reason = compiled_copy(lean, model, torch.zeros(1, 3, 8, 8), keep=["no-such-layer"])
+    assert compiled is None
+    assert reason.startswith("torch.jit cannot compile it (KeyError")

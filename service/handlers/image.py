@@ -30,7 +30,7 @@ from service.layers import (
     pick_layer,
     spatial_layers,
 )
-from service.lean import channels_last, lean_copy
+from service.lean import channels_last, compiled_copy, lean_copy
 from service.preprocess import ImageTransform
 
 TOP_K = 5
@@ -83,12 +83,22 @@ class ImageHandler(GlimpseHandler):
         keep = frozenset({self.default_layer} if self.default_layer else ())
         self.lean, reason = lean_copy(model, example, keep)
         self.lean_layers = keep if self.lean is not None else frozenset()
+        # And through that copy compiled, when it compiles and checks out: it answers the kept
+        # layers' outputs itself, in `compiled_layers`' order, instead of through hooks.
+        self.compiled_layers = tuple(sorted(self.lean_layers))
+        self.compiled, why = (
+            compiled_copy(self.lean, model, example, self.compiled_layers)
+            if self.lean is not None
+            else (None, reason)
+        )
         # Each network's layers by name, for hooks: named_modules() walks the whole model.
         self._named: dict[bool, dict[str, nn.Module]] = {False: dict(model.named_modules())}
         if self.lean is not None:
             self._named[True] = dict(self.lean.named_modules())
         if self.lean is None:
             log.info("%s: forward passes run the model as built: %s", meta.get("name", "?"), reason)
+        elif self.compiled is None:
+            log.info("%s: the traced copy is not compiled: %s", meta.get("name", "?"), why)
 
     def _default_layer(self, explain: dict[str, Any]) -> tuple[str | None, str]:
         """The layer maps come from when a request names none, or (None, the reason)."""
@@ -124,21 +134,34 @@ class ImageHandler(GlimpseHandler):
         `capture`) and are removed before it returns, also when the forward fails. With
         `inference`, the pass runs under torch.inference_mode (its tensors then cannot enter
         a later gradient computation: only for answers that need none). The pass runs
-        through the lean copy (`service.lean`) when the model has one and every layer it
-        captures was kept in it (the default layer), else through the model as built."""
+        through the lean copy (`service.lean`), compiled where it compiles, when the model has
+        one and every layer it captures was kept in it (the default layer), else through the
+        model as built."""
         names = set(layers) | ({self.default_layer} if capture and self.default_layer else set())
         lean = self.lean is not None and names <= self.lean_layers
+        with torch.inference_mode() if inference else torch.no_grad():
+            if lean and self.compiled is not None:
+                logits, *outputs = self.compiled(channels_last(inputs))
+                kept = zip(self.compiled_layers, outputs, strict=True)
+                activations = {name: output for name, output in kept if name in names}
+            else:
+                logits, activations = self._hooked(inputs, names, lean)
+            probabilities = torch.softmax(logits, dim=1)
+        return Inference(inputs, probabilities, activations)
+
+    def _hooked(
+        self, inputs: torch.Tensor, names: set[str], lean: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits of the lean copy (or of the model as built), and the outputs of the
+        layers in `names`, kept by hooks that are removed before it returns."""
         network = self.lean if lean and self.lean is not None else self.network
-        grad_free = torch.inference_mode() if inference else torch.no_grad()
-        with grad_free, ExitStack() as hooks:
+        with ExitStack() as hooks:
             seen = {
                 name: hooks.enter_context(capture_output(self.module(name, lean=lean)))
                 for name in names
             }
             logits = network(channels_last(inputs) if lean else inputs)
-            probabilities = torch.softmax(logits, dim=1)
-        activations = {name: c.output for name, c in seen.items() if c.output is not None}
-        return Inference(inputs, probabilities, activations)
+        return logits, {name: c.output for name, c in seen.items() if c.output is not None}
 
     def module(self, name: str, lean: bool = False) -> nn.Module:
         """The layer called `name` of the model as built (or, with `lean`, of the lean copy)."""
