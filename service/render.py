@@ -117,7 +117,7 @@ def overlay(
     the image, which the model never saw, is dimmed. Default: the whole image. The map is
     upsampled as numbers, then coloured and blended by Pillow, in C.
     """
-    base = image.convert("RGB")
+    base = image if image.mode == "RGB" else image.convert("RGB")  # read, never written
     width, height = base.size
     left, top, right, bottom = box if box is not None else (0.0, 0.0, width, height)
     if (round(left), round(top), round(right), round(bottom)) == (0, 0, width, height):
@@ -128,7 +128,7 @@ def overlay(
     # The part of the map that falls inside the image (a crop larger than the image overhangs).
     window = (max(0, -x0), max(0, -y0), min(inside[0], width - x0), min(inside[1], height - y0))
     region = (x0 + window[0], y0 + window[1], x0 + window[2], y0 + window[3])
-    out = Image.eval(base, lambda v: v // 2)
+    out = Image.blend(base, Image.new("RGB", base.size), 0.5)  # halved: v // 2, exactly
     out.paste(Image.blend(base.crop(region), colours.crop(window), alpha), region[:2])
     return out
 

@@ -71,6 +71,15 @@ def test_overlay_outside_the_box_is_dimmed() -> None:
     assert not (out[:, 20:80] == 100).all()
 
 
+def test_dimming_halves_every_value_exactly_and_leaves_the_upload_alone() -> None:
+    values = np.tile(np.arange(256, dtype=np.uint8)[:, None, None], (1, 8, 3))  # 256 x 8
+    image = Image.fromarray(values)
+    before = image.tobytes()
+    out = np.asarray(render.overlay(image, np.ones((2, 2), np.float32), False, box=(4, 0, 8, 256)))
+    assert np.array_equal(out[:, :4], values[:, :4] // 2)
+    assert image.tobytes() == before
+
+
 @pytest.mark.parametrize(("format", "media"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_heatmap_formats(client: TestClient, shapes_png: bytes, format: str, media: str) -> None:
     response = client.post(f"/heatmaps/cnn?format={format}", content=shapes_png)
