@@ -2,8 +2,9 @@
 
 `handle` answers exactly what TorchServe's image classifier answers,
 ``{"<class>": probability, ...}`` for the top 5. `infer` is the same forward
-pass with the last conv block's activations captured by a hook, and
-`explain` runs any registered method on the result.
+pass with the last conv block's activations kept (answered by the compiled copy
+of `service.lean`, or captured by a hook), and `explain` runs any registered
+method on the result.
 """
 
 from __future__ import annotations
