@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,17 @@ def capture_output(layer: nn.Module) -> Iterator[Captured]:
         yield seen
     finally:
         handle.remove()
+
+
+def run_capturing(
+    network: nn.Module, layers: Mapping[str, nn.Module], inputs: torch.Tensor
+) -> tuple[Any, dict[str, torch.Tensor | None]]:
+    """`network(inputs)`, and by name the output of each of `layers` in that pass (None for
+    one that did not run); the hooks are removed before it returns, also on error."""
+    with ExitStack() as hooks:
+        seen = {name: hooks.enter_context(capture_output(layer)) for name, layer in layers.items()}
+        answer = network(inputs)
+    return answer, {name: c.output for name, c in seen.items()}
 
 
 def hook_count(model: nn.Module) -> int:

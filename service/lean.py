@@ -31,14 +31,13 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Collection, Sequence
-from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from service.hooks import capture_output
+from service.hooks import run_capturing
 from service.layers import is_script_module
 
 # Largest |difference| between the copy's logits and the model's, relative to their scale.
@@ -118,10 +117,8 @@ def _trial(example: torch.Tensor, batch: int) -> torch.Tensor:
 
 def _hooked(network: nn.Module, keep: Collection[str], inputs: torch.Tensor) -> Outputs:
     """`network`'s answer for `inputs`, and the outputs of its layers named in `keep`."""
-    with torch.inference_mode(), ExitStack() as hooks:
-        seen = {n: hooks.enter_context(capture_output(network.get_submodule(n))) for n in keep}
-        logits = network(inputs)
-    return logits, {n: c.output for n, c in seen.items()}
+    with torch.inference_mode():
+        return run_capturing(network, {n: network.get_submodule(n) for n in keep}, inputs)
 
 
 def _differs(which: str, got: Outputs, expected: Outputs) -> str:

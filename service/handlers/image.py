@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,7 @@ from torch import nn
 from service.errors import SchemaError
 from service.explain import REGISTRY, Attribution, Explainer, ImageBatch, methods_for
 from service.handlers.base import GlimpseHandler
-from service.hooks import capture_output, find_layer
+from service.hooks import find_layer, run_capturing
 from service.imaging import DEFAULT_MAX_PIXELS, allow_pixels
 from service.layers import (
     SCRIPT_MODULE_REASON,
@@ -156,13 +155,9 @@ class ImageHandler(GlimpseHandler):
         """The logits of the lean copy (or of the model as built), and the outputs of the
         layers in `names`, kept by hooks that are removed before it returns."""
         network = self.lean if lean and self.lean is not None else self.network
-        with ExitStack() as hooks:
-            seen = {
-                name: hooks.enter_context(capture_output(self.module(name, lean=lean)))
-                for name in names
-            }
-            logits = network(channels_last(inputs) if lean else inputs)
-        return logits, {name: c.output for name, c in seen.items() if c.output is not None}
+        layers = {name: self.module(name, lean=lean) for name in names}
+        logits, seen = run_capturing(network, layers, channels_last(inputs) if lean else inputs)
+        return logits, {name: output for name, output in seen.items() if output is not None}
 
     def module(self, name: str, lean: bool = False) -> nn.Module:
         """The layer called `name` of the model as built (or, with `lean`, of the lean copy)."""
