@@ -45,7 +45,7 @@ class ImageFlow:
         answer: ImageAnswer = await call.queued(ImageJob(call, inputs))
         return self.top_classes(answer.probabilities, all_classes)
 
-    def top_classes(self, probabilities: torch.Tensor, all_classes: bool) -> list[dict[str, float]]:
+    def top_classes(self, probabilities: np.ndarray, all_classes: bool) -> list[dict[str, float]]:
         """Each input's top 5 classes (TorchServe's answer), or with `all_classes` every one."""
         k = probabilities.shape[1] if all_classes else TOP_K
         return self.handler.top_classes(probabilities, k)
@@ -181,7 +181,7 @@ class ImageFlow:
         for i, prediction in enumerate(predictions):
             per_target = []
             for run in answer.runs:
-                index = int(run.targets[i])
+                index = int(run.targets[i])  # numpy: no call into torch on the loop
                 target = Target(index, self.handler.classes[index], float(probabilities[i, index]))
                 maps = [
                     _map(name, attribution, i, explainers[name])

@@ -9,6 +9,9 @@ input depends on the others in its call (`batchable = False`: noise drawn per ca
 job by job. Hooks live for one forward pass, and gradients are taken per method call, on
 tensors of that call only. A job whose deadline has passed is answered DeadlineExceeded
 before the forward pass or before its next method, and takes no further part in the batch.
+
+Answers hold numpy arrays, made once per batch here: the event loop reads them without
+calling into torch, whose calls let go of the GIL and then wait for it behind this worker.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from service.errors import DeadlineExceeded
@@ -39,17 +43,18 @@ class ImageJob(Job):
 
 @dataclass
 class TargetRun:
-    """Every method's attribution for one choice of target ([n] class indices)."""
+    """Every method's attribution for one choice of target ([n] class indices, int64)."""
 
-    targets: torch.Tensor
+    targets: np.ndarray
     attributions: dict[str, Attribution] = field(default_factory=dict)
 
 
 @dataclass
 class ImageAnswer:
-    """A job's probabilities [n, K] and, for an explanation, one run per wanted target."""
+    """A job's probabilities [n, K] (float32) and, for an explanation, one run per wanted
+    target."""
 
-    probabilities: torch.Tensor
+    probabilities: np.ndarray
     runs: list[TargetRun] = field(default_factory=list)
 
 
@@ -88,11 +93,12 @@ def _answer(
     seconds = time.perf_counter() - started
     jobs[0].call.metrics.batch_size.labels(model).observe(len(inputs))
     spans = _spans([len(job.inputs) for job in jobs])
+    numbers = result.probabilities.detach().numpy()
     answers = []
     for job, (start, stop) in zip(jobs, spans, strict=True):
         job.call.timings.record("inference", seconds)
-        probabilities = result.probabilities[start:stop]
-        runs = [TargetRun(_target_tensor(i, probabilities)) for i in job.wanted]
+        probabilities = numbers[start:stop]
+        runs = [TargetRun(_targets(i, probabilities)) for i in job.wanted]
         answers.append(ImageAnswer(probabilities, runs if job.explainers else []))
     late: dict[int, DeadlineExceeded] = {}
     for units in _groups(jobs, answers).values():
@@ -139,7 +145,7 @@ def _explain(
     if layer is not None and captured is not None:
         activations[layer] = _rows(captured, pieces)
     sub = Inference(_rows(result.inputs, pieces), _rows(result.probabilities, pieces), activations)
-    targets = _joined([answers[u.job].runs[u.run].targets for u in units])
+    targets = torch.from_numpy(np.concatenate([answers[u.job].runs[u.run].targets for u in units]))
     started = time.perf_counter()
     attribution = handler.explain(sub, explainer, targets)
     seconds = time.perf_counter() - started
@@ -172,8 +178,9 @@ def _spans(sizes: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _target_tensor(index: int | None, probabilities: torch.Tensor) -> torch.Tensor:
-    """[n] class indices: each input's predicted class, or `index` for all of them."""
+def _targets(index: int | None, probabilities: np.ndarray) -> np.ndarray:
+    """[n] class indices: each input's predicted class (the first, on a tie, as torch's
+    argmax), or `index` for all of them."""
     if index is None:
-        return probabilities.argmax(dim=1)
-    return torch.full((probabilities.shape[0],), index, dtype=torch.long)
+        return np.asarray(probabilities.argmax(axis=1), dtype=np.int64)
+    return np.full(len(probabilities), index, dtype=np.int64)
