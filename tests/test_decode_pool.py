@@ -5,7 +5,9 @@ dies replaced, and every process gone when the pool (or the server) stops."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
+import operator
 import os
 import signal
 import time
@@ -19,7 +21,7 @@ import pytest
 from PIL import Image
 
 from service import decoding, render
-from service.decode_pool import PILLOW_BLOCKS, DecodePool
+from service.decode_pool import PILLOW_BLOCKS, PIPE_BYTES, DecodePool
 from service.decoding import Forgotten, decode_uploads, draw_overlays
 from service.encode import png
 from service.errors import BadInput, DecoderRestarted, PayloadTooLarge
@@ -57,6 +59,19 @@ def test_a_decode_process_answers_as_the_server_s_threads_do(pool: DecodePool) -
     here = decode_uploads(files, MAX_PIXELS, TRANSFORM)
     assert there.dtype == np.float32 and there.shape == (3, 3, 56, 56)
     assert np.array_equal(there, here)
+
+
+def test_a_decode_process_s_pipes_hold_a_megabyte_and_larger_answers_still_arrive(
+    pool: DecodePool,
+) -> None:
+    """Both pipes of a child hold PIPE_BYTES (an overlay's answer, about 100 KB, no longer
+    fills them and stalls the child); an answer larger than that arrives whole."""
+    [child] = pool._children
+    process = child.process
+    assert process.stdin is not None and process.stdout is not None
+    sizes = [fcntl.fcntl(p.fileno(), fcntl.F_GETPIPE_SZ) for p in (process.stdin, process.stdout)]
+    assert sizes == [PIPE_BYTES, PIPE_BYTES]
+    assert run(pool, operator.mul, b"ab", 3 * PIPE_BYTES) == b"ab" * (3 * PIPE_BYTES)
 
 
 def test_a_bad_upload_is_refused_with_the_same_error(pool: DecodePool) -> None:
