@@ -3,7 +3,7 @@
 libspng, which decodes most PNG uploads, holds the GIL while it works, and so does much of
 the Python around it. Under load that time is taken from the event loop and from the
 model's worker thread, and the server tops out before its CPU does. So a server decodes
-uploads in `DecodePool`: a few child processes (`python -c ...serve()`), each of which
+uploads in `DecodePool`: a few child processes (`service.decode_child.serve`), each of which
 imports numpy, Pillow, libspng and matplotlib's colour maps but never torch (57 MB, not
 250), all before it says it is ready. A call sends a
 function of `service.decoding` and its arguments, pickled, down the child's stdin and gets
@@ -45,8 +45,6 @@ import logging
 import os
 import pickle
 import queue
-import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -56,15 +54,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import IO, Any, TypeVar
 
+from service.decode_child import HEADER, read_frame
 from service.errors import DecoderRestarted
 
 T = TypeVar("T")
 log = logging.getLogger("glimpse")
 
-# A frame: call id (8 bytes), ok flag (1 byte: 1 a return value, 0 an exception; 0 on the way
-# in), payload length (4 bytes), then the pickled payload.
-_HEADER = struct.Struct(">QBI")
-_CHILD = "from service.decode_pool import serve; serve()"
+_CHILD = "from service.decode_child import serve; serve()"
 HERE = -1  # a call's place: the server's own decode thread
 # A child's BLAS takes one thread, whichever numpy was built with (see service.threads).
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -178,7 +174,7 @@ class _Child:
         assert process.stdin is not None and process.stdout is not None
         for pipe in (process.stdin, process.stdout):
             _widen(pipe)
-        if _read_frame(process.stdout) is None:  # it sends its pid once its imports are done
+        if read_frame(process.stdout) is None:  # it sends its pid once its imports are done
             raise RuntimeError(f"a decode process exited while starting ({process.wait()})")
         for target, args, name in (
             (self._read, (process,), "glimpse-decode-read"),
@@ -194,7 +190,7 @@ class _Child:
         payload = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             self.pending[call] = future
-            self._outbox.put(_HEADER.pack(call, 0, len(payload)) + payload)
+            self._outbox.put(HEADER.pack(call, 0, len(payload)) + payload)
 
     def _write(
         self, process: subprocess.Popen[bytes], outbox: queue.SimpleQueue[bytes | None]
@@ -222,7 +218,7 @@ class _Child:
         still had and, unless the pool is closing, start a new child for the next calls."""
         stream = process.stdout
         assert stream is not None
-        while (frame := _read_frame(stream)) is not None:
+        while (frame := read_frame(stream)) is not None:
             call, ok, payload = frame
             with self._lock:
                 future = self.pending.pop(call, None)
@@ -281,48 +277,3 @@ def _widen(pipe: IO[bytes]) -> None:
         fcntl.fcntl(pipe.fileno(), setting, PIPE_BYTES)
     except OSError as exc:  # e.g. over /proc/sys/fs/pipe-max-size, or the user's pipe quota
         log.debug("decode pipe left at its default size: %s", exc)
-
-
-def _read_frame(stream: IO[bytes]) -> tuple[int, int, bytes] | None:
-    """The next frame (call id, ok flag, payload), or None at the end of the stream."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    call, ok, length = _HEADER.unpack(header)
-    payload = stream.read(length)
-    if len(payload) < length:
-        return None
-    return call, ok, payload
-
-
-def _write_frame(stream: IO[bytes], call: int, ok: int, value: Any) -> None:
-    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(call, ok, len(payload)) + payload)
-
-
-def serve() -> None:
-    """A decode process's loop: run each call that arrives on stdin, answer on stdout, until
-    stdin ends. Signals meant for the server's process group are the server's to act on."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Ready means ready: the decoding modules (numpy, Pillow, libspng) and the overlay colours
-    # (matplotlib) are loaded before the pid goes out, not on the first upload and overlay.
-    from service.decoding import prepare  # noqa: PLC0415 - the child's imports, not the server's
-
-    prepare()
-    requests, answers = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must not corrupt the frames
-    _write_frame(answers, 0, 1, os.getpid())
-    answers.flush()
-    while (frame := _read_frame(requests)) is not None:
-        call, _, payload = frame
-        try:
-            work, args = pickle.loads(payload)
-            value, ok = work(*args), 1
-        except Exception as exc:  # noqa: BLE001 - handed back to the caller, as raised
-            value, ok = exc, 0
-        try:
-            _write_frame(answers, call, ok, value)
-        except Exception as exc:  # noqa: BLE001 - e.g. a value that does not pickle
-            _write_frame(answers, call, 0, RuntimeError(f"the answer could not be sent: {exc}"))
-        answers.flush()

@@ -74,6 +74,28 @@ def test_a_decode_process_s_pipes_hold_a_megabyte_and_larger_answers_still_arriv
     assert run(pool, operator.mul, b"ab", 3 * PIPE_BYTES) == b"ab" * (3 * PIPE_BYTES)
 
 
+def test_calls_behind_one_larger_than_the_pipe_arrive_whole_and_in_order(
+    pool: DecodePool,
+) -> None:
+    """A call larger than the pipe is written in pieces; the calls made after it reach the
+    process behind it (never inside it), and each gets its own answer."""
+    big = b"x" * (3 * PIPE_BYTES)
+
+    async def calls() -> list[Any]:
+        return await asyncio.gather(
+            pool.run(len, big),
+            *(pool.run(operator.add, i, 1) for i in range(20)),
+            pool.run(len, big + b"y"),
+            *(pool.run(operator.mul, i, 3) for i in range(20)),
+        )
+
+    answers = asyncio.run(calls())
+    assert answers[0] == len(big) and answers[21] == len(big) + 1
+    assert answers[1:21] == [i + 1 for i in range(20)]
+    assert answers[22:] == [i * 3 for i in range(20)]
+    assert run(pool, operator.add, 2, 2) == 4
+
+
 def test_a_bad_upload_is_refused_with_the_same_error(pool: DecodePool) -> None:
     for bad, error in ((b"not an image", BadInput), (uploads(1)[0], PayloadTooLarge)):
         limit = 100 if error is PayloadTooLarge else MAX_PIXELS
@@ -253,7 +275,7 @@ def test_the_server_decodes_in_one_process_that_ends_with_it(
     with glimpse([cnn_archive], tmp_path, args=["--no-grpc"]) as server:
         children = _children(server.process.pid)
         commands = [_command(pid) for pid in children]
-        assert sum("service.decode_pool" in c for c in commands) == 1, commands
+        assert sum("service.decode_child" in c for c in commands) == 1, commands
         answer = httpx.post(
             f"{server.http}/predictions/cnn",
             content=uploads(1)[0],
