@@ -120,6 +120,23 @@ def served(runtime: Runtime) -> tuple[ImageFlow, ImageHandler, Call, torch.Tenso
     return model.flow, model.handler, Pipeline(runtime)._call(model), inputs
 
 
+def test_top_classes_come_most_probable_first_with_ties_in_index_order(
+    runtimes: tuple[Runtime, Runtime],
+) -> None:
+    """The answers' probabilities are numpy (made once per batch in the worker); their top
+    classes come most probable first, a tie in class order, at most k of them."""
+    flow, handler, call, inputs = served(runtimes[0])
+    [answer] = flow.process([(ImageJob(call, inputs[:1]), 0.0)])
+    assert isinstance(answer, ImageAnswer) and isinstance(answer.probabilities, np.ndarray)
+    classes = handler.classes
+    tied = np.array([[0.1, 0.4, 0.4, 0.1], [0.7, 0.1, 0.1, 0.1]], dtype=np.float32)
+    first, second = handler.top_classes(tied, 3)
+    assert list(first) == [classes[1], classes[2], classes[0]]
+    assert list(first.values()) == pytest.approx([0.4, 0.4, 0.1])
+    assert list(second) == [classes[0], classes[1], classes[2]]
+    assert len(handler.top_classes(tied, 10)[0]) == len(classes) == 4
+
+
 def test_one_bad_job_fails_alone(runtimes: tuple[Runtime, Runtime]) -> None:
     """The batch function answers each job: a job whose input breaks the forward pass gets
     its exception, the others their answers, equal to what they get alone."""
