@@ -192,11 +192,11 @@ class ImageHandler(GlimpseHandler):
         go of the GIL and wait for it behind the worker."""
         k = min(k, probabilities.shape[1])
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        values = np.take_along_axis(probabilities, order, axis=1)
-        # Python lists first: iterating arrays element by element costs far more.
+        # Python lists first: indexing arrays element by element, or take_along_axis on rows
+        # this small, costs more than the sort.
         return [
-            {self.classes[i]: v for v, i in zip(row_v, row_i, strict=True)}
-            for row_v, row_i in zip(values.tolist(), order.tolist(), strict=True)
+            {self.classes[i]: row[i] for i in ranked}
+            for row, ranked in zip(probabilities.tolist(), order.tolist(), strict=True)
         ]
 
     def explain(
