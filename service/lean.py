@@ -22,9 +22,8 @@ TorchScript) keeps its one network.
 inference), answering the kept layers' outputs beside the logits, so no hook is needed.
 Its pass runs in C++ from end to end, taking the GIL back once rather than at each op; on
 the default CNN it takes 14-23 % off a pass in-process, and predictions at c=4 went from
-132 to 173 req/s (bench/README.md). It is
-kept under the same check, at two more batch sizes; where torch.jit refuses, the traced
-copy serves.
+132 to 173 req/s (bench/README.md). It is kept under the same check, at two more batch
+sizes; where torch.jit refuses, the traced copy serves.
 """
 
 from __future__ import annotations
@@ -73,8 +72,8 @@ def compiled_copy(
     (oneDNN's prepacked convolutions), and answers ``(logits, *outputs)``: the outputs of
     the layers named in `keep`, in that order, in place of hooks. Its forward pass runs in
     C++ from end to end, giving the GIL back once per pass rather than at each op. It is
-    kept when it agrees with
-    `model` as the lean copy must, at batch sizes other than the one it was traced at.
+    kept when it agrees with `model` as the lean copy must, at batch sizes other than the one
+    it was traced at.
     torch.jit is deprecated in favour of torch.compile, which took 41 s here to compile this
     network and gave 3 % (bench/README.md); its DeprecationWarnings are not passed on."""
     if not isinstance(lean, torch.fx.GraphModule):
