@@ -12,7 +12,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 LINTED := training service tests bench scripts
 
-.PHONY: run test models lint proto clean
+.PHONY: run test models lint proto screenshots clean
 
 $(RUN_STAMP): EXTRAS := train
 $(DEV_STAMP): EXTRAS := train,dev,ray
@@ -39,6 +39,11 @@ run: $(RUN_STAMP) models
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
+
+# Retake docs/ui-image.png and docs/ui-tabular.png from tests/test_web.py (`make test` saves
+# them in its temporary directories and leaves docs/ as it is).
+screenshots: $(DEV_STAMP)
+	SCREENSHOTS_TO_DOCS=1 $(BIN)/python -m pytest tests/test_web.py
 
 # Regenerate the gRPC stubs in service/proto/ from proto/glimpse/v1/glimpse.proto (checked in;
 # tests/test_grpc_stubs.py fails when they are stale).

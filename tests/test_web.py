@@ -5,7 +5,9 @@ What a person does, checked against what the API answers for the same input: exp
 with activation and gradcam (both overlays load, the top label and the probabilities are the
 API's), send a file that is no image (the page shows the API's own message), explain the tabular
 form's row (the prediction, the base value and the sorted signed attributions are the API's), and
-give the token when the server asks for one. The screenshots in docs/ come from here.
+give the token when the server asks for one. The screenshots in docs/ come from here: each
+test saves its page in its own temporary directory, and into docs/ only when
+SCREENSHOTS_TO_DOCS=1 (`make screenshots`), so `make test` leaves the checkout as it was.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.servers.glimpse import Glimpse, glimpse
 pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+TO_DOCS = os.environ.get("SCREENSHOTS_TO_DOCS") == "1"
 WIDTH, PHONE = 1280, 390
 WAIT = 60  # seconds for the page to show an answer (explanations share 2 cores with the rest)
 TOKEN = "web-page-test-token"
@@ -96,8 +99,10 @@ def choose_model(driver: WebDriver, name: str, ready: str) -> None:
     wait_for(driver, ready)
 
 
-def screenshot(driver: WebDriver, path: Path) -> None:
-    """The whole page at WIDTH pixels wide, however long it is."""
+def screenshot(driver: WebDriver, name: str, tmp_path: Path) -> None:
+    """The whole page at WIDTH pixels wide, however long it is, saved as `name` in `tmp_path`,
+    or in docs/ with SCREENSHOTS_TO_DOCS=1."""
+    path = (DOCS if TO_DOCS else tmp_path) / name
     height = driver.execute_script("return document.documentElement.scrollHeight")
     metrics = {"width": WIDTH, "height": min(height, 4000), "deviceScaleFactor": 1, "mobile": False}
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
@@ -191,7 +196,7 @@ def test_image_explanations_and_errors(
         "const s = document.getElementById('opacity'); s.value = 85;"
         "s.dispatchEvent(new Event('input'));"
     )
-    screenshot(browser, DOCS / "ui-image.png")
+    screenshot(browser, "ui-image.png", tmp_path)
     assert fits_a_phone(browser)
 
     # A file that is no image: the page shows the API's own error for the same bytes.
@@ -212,7 +217,7 @@ def test_image_explanations_and_errors(
     assert console_errors(browser) == []
 
 
-def test_tabular_form_matches_the_api(server: Glimpse, browser: WebDriver) -> None:
+def test_tabular_form_matches_the_api(server: Glimpse, browser: WebDriver, tmp_path: Path) -> None:
     browser.get(f"{server.http}/")
     choose_model(browser, "tabular", "#columns [name]")
     fields = browser.execute_script(
@@ -252,7 +257,7 @@ def test_tabular_form_matches_the_api(server: Glimpse, browser: WebDriver) -> No
         fill = bar.find_element(By.CSS_SELECTOR, ".fill")
         assert ("negative" in fill.get_attribute("class")) == (value < 0)
 
-    screenshot(browser, DOCS / "ui-tabular.png")
+    screenshot(browser, "ui-tabular.png", tmp_path)
     assert fits_a_phone(browser)
     assert console_errors(browser) == []
 
