@@ -1,4 +1,5 @@
-"""The tabular procs: fitted on training data, replayed on new data, unseen values and NaN."""
+"""The tabular procs: fitted on training data, replayed on new data, unseen values and NaN;
+and client rows read into a table (service.rows)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ from service.procs import (
     NA,
     AddDatepart,
     Categorify,
-    Column,
     FillMissing,
     Normalize,
     TabularProcs,
-    category_key,
     proc_from_json,
-    read_rows,
 )
+from service.rows import Column, category_key, read_rows
 
 
 def objects(*values: object) -> np.ndarray:

@@ -22,16 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from service.procs import (
-    DATE_CATEGORICAL,
-    DATE_PARTS,
-    Column,
-    Table,
-    TabularProcs,
-    category_key,
-    date_parts,
-    read_rows,
-)
+from service.procs import DATE_CATEGORICAL, DATE_PARTS, TabularProcs, date_parts
+from service.rows import Column, Table, category_key, read_rows
 from training import rossmann
 from training.architectures import tabular as tabular_arch
 from training.archive import write_archive

@@ -22,8 +22,9 @@ from service.errors import BadInput
 from service.explain import build
 from service.explain.base import Explainer, TabularBatch
 from service.handlers.base import GlimpseHandler
-from service.procs import TabularProcs, read_rows
+from service.procs import TabularProcs
 from service.results import RowResult
+from service.rows import read_rows
 
 Row = Mapping[str, Any]
 
