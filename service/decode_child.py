@@ -33,9 +33,15 @@ def read_frame(stream: IO[bytes]) -> tuple[int, int, bytes] | None:
     return call, ok, payload
 
 
-def _write_frame(stream: IO[bytes], call: int, ok: int, value: Any) -> None:
+def frame(call: int, ok: int, value: Any) -> bytes:
+    """One frame's bytes: the header, then `value` pickled (a call's work on the way in, its
+    answer on the way out)."""
     payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(HEADER.pack(call, ok, len(payload)) + payload)
+    return HEADER.pack(call, ok, len(payload)) + payload
+
+
+def _write_frame(stream: IO[bytes], call: int, ok: int, value: Any) -> None:
+    stream.write(frame(call, ok, value))
 
 
 def serve() -> None:

@@ -54,7 +54,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import IO, Any, TypeVar
 
-from service.decode_child import HEADER, read_frame
+from service.decode_child import frame, read_frame
 from service.errors import DecoderRestarted
 
 T = TypeVar("T")
@@ -187,10 +187,10 @@ class _Child:
         if self.broken:
             future.set_exception(DecoderRestarted(self.broken))
             return
-        payload = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
+        message = frame(call, 0, work)
         with self._lock:
             self.pending[call] = future
-            self._outbox.put(HEADER.pack(call, 0, len(payload)) + payload)
+            self._outbox.put(message)
 
     def _write(
         self, process: subprocess.Popen[bytes], outbox: queue.SimpleQueue[bytes | None]
